@@ -1,0 +1,67 @@
+"""Callbacks and TensorBoard helpers: text samples, the parameter breakdown, the HPARAMS table."""
+
+from __future__ import annotations
+
+import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.tensorboard.summary import hparams
+
+from gptlab.sampling import SampleConfig, sample_text
+
+
+def tensorboard_writer(trainer: L.Trainer):
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+class TextSampler(L.Callback):
+    """Logs a generated sample at every validation and the model's parameter breakdown at the start."""
+
+    def __init__(self, **sample):
+        self.config = SampleConfig(**sample)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and (writer := tensorboard_writer(trainer)):
+            writer.add_text("model/parameters", markdown_table(pl_module.model.parameter_breakdown()), 0)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        if writer := tensorboard_writer(trainer):
+            text = sample_text(pl_module.model, pl_module.tokenizer, self.config)
+            # markdown: indent four spaces so line breaks survive TensorBoard's renderer
+            writer.add_text("samples", "    " + text.replace("\n", "\n    "), trainer.global_step)
+
+
+def markdown_table(parts: dict[str, int]) -> str:
+    rows = "\n".join(f"| {name} | {n:,} |" for name, n in parts.items())
+    return "| part | parameters |\n|---|---:|\n" + rows
+
+
+def log_hparams(trainer_loggers: list, params: dict, metric_tags: list[str]) -> None:
+    """Write the run's hyperparameters for TensorBoard's HPARAMS tab.
+
+    The metrics are declared by tag only: the tab shows the last value logged under each tag, so the table
+    always holds the run's latest val/loss without the placeholder scalars Lightning's helper would write.
+    """
+    for logger in trainer_loggers:
+        if isinstance(logger, TensorBoardLogger):
+            writer = logger.experiment.file_writer
+            for summary in hparams(params, {tag: 0.0 for tag in metric_tags}):
+                writer.add_summary(summary)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, int | float | str | bool]:
+    """Nested config -> {'model.n_layer': 4, ...}, with values TensorBoard's HPARAMS tab accepts."""
+    flat = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        elif isinstance(value, (int, float, str, bool)):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat

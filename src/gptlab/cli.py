@@ -1,0 +1,32 @@
+"""What the entry points share: bad input becomes one line on stderr and exit status 1, not a traceback."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from omegaconf.errors import MissingMandatoryValue
+
+from gptlab.errors import GptlabError
+
+log = logging.getLogger("gptlab")
+
+
+@contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    try:
+        yield
+    except MissingMandatoryValue as e:
+        fail(f"missing value for {e.full_key}: set it on the command line, e.g. {e.full_key}=...")
+    except GptlabError as e:
+        fail(str(e))
+
+
+def fail(message: str) -> None:
+    if logging.getLogger().handlers:
+        log.error("error: %s", message)  # Hydra's handlers: stderr and the run folder's log file
+    else:
+        print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)

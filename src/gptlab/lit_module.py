@@ -1,0 +1,82 @@
+"""The LightningModule: next-token cross-entropy, the optimizer, and what gets logged."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+
+from gptlab.optim import OptimConfig
+from gptlab.optim import build as build_optimizer
+from gptlab.model import GPT, GPTConfig
+from gptlab.tokenizer import tokenizer_from_state
+
+
+class GPTLitModule(L.LightningModule):
+    def __init__(self, model: dict, optim: dict, tokenizer: dict):
+        super().__init__()
+        # plain dicts only: checkpoints must load with torch.load(weights_only=True)
+        self.save_hyperparameters(logger=False)
+        self.model = GPT(GPTConfig(**model))
+        self.optim_config = OptimConfig(**optim)
+        self.tokenizer = tokenizer_from_state(tokenizer)
+        self.val_loss = MeanMetric()
+        self._loss_sum = torch.zeros(())
+        self._micro_batches = 0
+        self._tokens_since_log = 0
+        self._last_log_time: float | None = None
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx)[0]
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        _, loss = self.model(x, y)
+        self._loss_sum = self._loss_sum.to(loss.device) + loss.detach()
+        self._micro_batches += 1
+        self._tokens_since_log += y.numel()
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # one optimizer step = one accumulation window: log its mean loss, not the last micro-batch's
+        self.log("train/loss", self._loss_sum / self._micro_batches, prog_bar=True)
+        self._loss_sum, self._micro_batches = torch.zeros((), device=self._loss_sum.device), 0
+        if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
+            self._log_throughput()
+
+    def _log_throughput(self) -> None:
+        now = time.perf_counter()
+        if self._last_log_time is not None:
+            rate = self._tokens_since_log * self.trainer.world_size / (now - self._last_log_time)
+            self.log("perf/tokens_per_sec", rate, prog_bar=True)
+        self._last_log_time, self._tokens_since_log = now, 0
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # clip here ourselves so the pre-clipping norm is logged without a second pass over the gradients
+        max_norm = gradient_clip_val if gradient_clip_val else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
+        self.log("train/grad_norm", norm)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        _, loss = self.model(x, y)
+        self.val_loss.update(loss, weight=(y != -1).sum())  # token-weighted: the exact mean over the split
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/ppl", loss.exp())
+
+    def configure_optimizers(self):
+        optimizer, scheduler = build_optimizer(self.model, self.optim_config, self.trainer.max_steps)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tokenizer"] = self.tokenizer.state_dict()
+

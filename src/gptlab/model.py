@@ -1,0 +1,248 @@
+"""A decoder-only GPT in one file.
+
+token + position embeddings -> N x [x + attn(norm(x)); x + mlp(norm(x))] -> norm -> linear head
+
+The switches in `GPTConfig` express the textbook variants exactly: GPT-2 (LayerNorm, GELU, biases, tied head),
+a notebook-style GPT (bias-free attention, biased MLP, tied head) and a scalar-style "microgpt" (RMSNorm without
+weights, ReLU², no biases anywhere, untied head).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gptlab.errors import ConfigError
+
+NORMS = ("layernorm", "rmsnorm")
+ACTIVATIONS = ("gelu", "relu2")
+
+
+@dataclass
+class GPTConfig:
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 64
+    vocab_size: int | None = None  # filled in from the tokenizer, never by hand
+    dropout: float = 0.0
+    bias: bool = True  # default for every linear layer and LayerNorm
+    attn_bias: bool | None = None  # overrides `bias` for the q/k/v and output projections
+    mlp_bias: bool | None = None  # overrides `bias` for the MLP
+    tie_weights: bool = True
+    mlp_hidden: int | None = None  # MLP width; 4 * n_embd when unset
+    norm: str = "layernorm"
+    norm_weight: bool = True  # rmsnorm only: a learned gain, or none at all
+    activation: str = "gelu"
+
+    def __post_init__(self) -> None:
+        for key in ("n_layer", "n_head", "n_embd", "block_size"):
+            _check_positive_int(key, getattr(self, key))
+        if self.vocab_size is not None:
+            _check_positive_int("vocab_size", self.vocab_size)
+        if self.mlp_hidden is not None:
+            _check_positive_int("mlp_hidden", self.mlp_hidden)
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.norm not in NORMS:
+            raise ConfigError(f"model.norm must be one of {NORMS}, got {self.norm!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"model.activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.norm == "layernorm" and not self.norm_weight:
+            raise ConfigError("model.norm_weight=false needs model.norm=rmsnorm (LayerNorm always has a gain)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def hidden(self) -> int:
+        return self.mlp_hidden or 4 * self.n_embd
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_positive_int(key: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"model.{key} must be a positive integer, got {value!r}")
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, weight: bool = True, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if weight else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.n_embd, weight=config.norm_weight)
+    return nn.LayerNorm(config.n_embd, bias=config.bias)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        bias = config.bias if config.attn_bias is None else config.attn_bias
+        self.n_head, self.dropout = config.n_head, config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        bias = config.bias if config.mlp_bias is None else config.mlp_bias
+        self.c_fc = nn.Linear(config.n_embd, config.hidden, bias=bias)
+        self.c_proj = nn.Linear(config.hidden, config.n_embd, bias=bias)
+        self.dropout = nn.Dropout(config.dropout)
+        self.relu2 = config.activation == "relu2"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c_fc(x)
+        # GPT-2 uses the tanh approximation of GELU; matching it keeps its weights loadable
+        h = F.relu(h).square() if self.relu2 else F.gelu(h, approximate="tanh")
+        return self.dropout(self.c_proj(h))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = make_norm(config)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = make_norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        if config.vocab_size is None:
+            raise ConfigError("model.vocab_size is unset: it comes from the tokenizer")
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+                ln_f=make_norm(config),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2: scale the residual projections so the residual stream's variance does not grow with depth
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits for every position; with targets, also the mean cross-entropy (targets of -1 are ignored)."""
+        T = idx.size(1)
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of length {T} exceeds model.block_size={self.config.block_size}")
+        pos = torch.arange(T, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x)
+        logits = self.lm_head(self.transformer.ln_f(x))
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
+        return logits, loss
+
+    def parameter_breakdown(self) -> dict[str, int]:
+        """Parameters per part; a tied head adds nothing of its own."""
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        parts = {
+            "token embedding (wte)": count(self.transformer.wte),
+            "position embedding (wpe)": count(self.transformer.wpe),
+        }
+        for i, block in enumerate(self.transformer.h):
+            parts[f"block {i}"] = count(block)
+        parts["final norm"] = count(self.transformer.ln_f)
+        parts["head" + (" (tied to wte)" if self.config.tie_weights else "")] = (
+            0 if self.config.tie_weights else self.lm_head.weight.numel()
+        )
+        parts["total"] = sum(p.numel() for p in self.parameters())
+        return parts
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Append max_new_tokens sampled tokens to idx (B, T), cropping the context to block_size."""
+        for _ in range(max_new_tokens):
+            logits, _ = self(idx[:, -self.config.block_size :])
+            next_token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+            idx = torch.cat((idx, next_token), dim=1)
+        return idx
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One token per row from (B, V) logits; temperature 0 is greedy."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # drop a token once the tokens before it already hold top_p of the mass; the first always stays
+        drop_sorted = (cum - sorted_logits.softmax(dim=-1)) >= top_p
+        logits = logits.masked_fill(torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted), float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)

@@ -1,0 +1,77 @@
+"""Find a corpus on disk (downloading it once, checked by sha256, if asked) and read it through `datasets`."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import urllib.request
+from pathlib import Path
+
+from gptlab.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(url: str, dest: Path, sha256: str | None) -> Path:
+    """Fetch url to dest through a temporary file, so an interrupted or corrupt download never lands."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+    log.info("downloading %s -> %s", url, dest)
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, open(tmp, "wb") as f:
+            f.write(response.read())
+        if sha256 and (actual := sha256_of(tmp)) != sha256:
+            raise DataError(f"data.url: {url} has sha256 {actual}, expected data.sha256={sha256}")
+        tmp.replace(dest)
+    except OSError as e:
+        raise DataError(
+            f"data.url: cannot download {url} ({e}); set data.path to a local copy instead"
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def locate(path: str | None, url: str | None, sha256: str | None, cache_dir: str) -> Path:
+    """The local file to read: data.path if given, else the cached download of data.url."""
+    if path:
+        local = Path(path).expanduser()
+        if not local.is_file():
+            raise DataError(f"data.path: file not found: {local}")
+        return local
+    if not url:
+        raise DataError("data.path is unset and there is no data.url to download from")
+    cached = Path(cache_dir) / Path(url).name
+    if cached.is_file():
+        return cached
+    return download(url, cached, sha256)
+
+
+def read_text(path: Path, cache_dir: str | None = None) -> str:
+    """The whole file as one string, read as a single-document Hugging Face `text` dataset."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        ds = datasets.load_dataset(
+            "text", data_files=str(path), sample_by="document", split="train", cache_dir=cache_dir
+        )
+    except UnicodeDecodeError:
+        raise DataError(f"data.path: {path} is not UTF-8 text") from None
+    except Exception as e:  # datasets wraps reader errors in several types
+        if isinstance(e.__cause__, UnicodeDecodeError) or "utf-8" in str(e).lower():
+            raise DataError(f"data.path: {path} is not UTF-8 text") from None
+        raise
+    text = "".join(ds["text"])
+    if not text:
+        raise DataError(f"data.path: {path} is empty")
+    return text

@@ -1,0 +1,55 @@
+"""One training run from a composed config: validate, build, fit, sample."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from gptlab.callbacks import flatten, log_hparams, markdown_table
+from gptlab.datamodule import CharDataModule
+from gptlab.lit_module import GPTLitModule
+from gptlab.sampling import sample_text
+from gptlab.schema import validate
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Fit the model the config describes; returns the final val/loss (what a sweeper minimises)."""
+    run = validate(cfg)  # every config error surfaces here, before data or model load
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
+        log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    datamodule = CharDataModule(run.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    run.model.vocab_size = datamodule.tokenizer.vocab_size
+    module = GPTLitModule(model=asdict(run.model), optim=asdict(run.optim), tokenizer=datamodule.tokenizer.state_dict())
+
+    callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+
+    if trainer.is_global_zero:
+        log.info("parameters:\n%s", markdown_table(module.model.parameter_breakdown()))
+        datamodule.tokenizer.save(output_dir / "tokenizer.json")
+        log_hparams(trainer.loggers, flatten(OmegaConf.to_container(cfg, resolve=True)), ["val/loss", "val/ppl"])
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=run.ckpt_path)
+
+    val_loss = trainer.callback_metrics.get("val/loss")
+    if trainer.is_global_zero:
+        sample = sample_text(module.model, module.tokenizer, run.sample)
+        print(f"\n--- sample from the final model ---\n{sample}\n---", flush=True)
+        if val_loss is not None:
+            log.info("final val/loss %.4f (ppl %.2f); run folder: %s", val_loss, val_loss.exp(), output_dir)
+    return None if val_loss is None else float(val_loss)
