@@ -8,9 +8,9 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
+from gptlab.model import GPT, GPTConfig
 from gptlab.optim import OptimConfig
 from gptlab.optim import build as build_optimizer
-from gptlab.model import GPT, GPTConfig
 from gptlab.tokenizer import tokenizer_from_state
 
 
@@ -79,4 +79,3 @@ class GPTLitModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tokenizer"] = self.tokenizer.state_dict()
-

@@ -59,7 +59,5 @@ def build(model: torch.nn.Module, config: OptimConfig, total_steps: int) -> tupl
         eps=config.eps,
         fused=config.fused,
     )
-    schedule = partial(
-        lr_factor, warmup=config.warmup_steps, total=total_steps, floor=config.min_lr / config.lr
-    )
+    schedule = partial(lr_factor, warmup=config.warmup_steps, total=total_steps, floor=config.min_lr / config.lr)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

@@ -28,7 +28,7 @@ class RunConfig:
 def typed(cfg: DictConfig, key: str, schema: type):
     """cfg[key] as an instance of the dataclass `schema`; unknown keys and wrong types name the key."""
     try:
-        values = OmegaConf.to_container(cfg[key], resolve=True)
+        values = OmegaConf.to_container(cfg[key], resolve=True, throw_on_missing=True)
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
     except OmegaConfBaseException as e:
         raise ConfigError(f"{key}.{e.full_key}: {str(e).splitlines()[0]}") from None
@@ -46,13 +46,13 @@ def validate(cfg: DictConfig) -> RunConfig:
     if not isinstance(run.max_steps, int) or run.max_steps <= 0:
         raise ConfigError(f"trainer.max_steps must be a positive integer (the run's horizon), got {run.max_steps!r}")
     if run.data.block_size > run.model.block_size:
-        raise ConfigError(
-            f"data.block_size ({run.data.block_size}) exceeds model.block_size ({run.model.block_size})"
-        )
+        raise ConfigError(f"data.block_size ({run.data.block_size}) exceeds model.block_size ({run.model.block_size})")
     if run.optim.warmup_steps >= run.max_steps:
         raise ConfigError(
             f"optim.warmup_steps ({run.optim.warmup_steps}) must be shorter than trainer.max_steps ({run.max_steps})"
         )
+    if run.data.path and not Path(run.data.path).expanduser().is_file():
+        raise ConfigError(f"data.path: file not found: {run.data.path}")
     if run.ckpt_path and not Path(run.ckpt_path).is_file():
         raise ConfigError(f"ckpt_path: checkpoint not found: {run.ckpt_path}")
     return run

@@ -33,9 +33,7 @@ def download(url: str, dest: Path, sha256: str | None) -> Path:
             raise DataError(f"data.url: {url} has sha256 {actual}, expected data.sha256={sha256}")
         tmp.replace(dest)
     except OSError as e:
-        raise DataError(
-            f"data.url: cannot download {url} ({e}); set data.path to a local copy instead"
-        ) from None
+        raise DataError(f"data.url: cannot download {url} ({e}); set data.path to a local copy instead") from None
     finally:
         tmp.unlink(missing_ok=True)
     return dest

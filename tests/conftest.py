@@ -1,0 +1,60 @@
+"""Shared fixtures: the tinyshakespeare copy beside the project, small corpora, Hydra compose, CLI runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAKESPEARE = (ROOT.parent / "shared/data/tinyshakespeare/input.txt").resolve()
+
+
+@pytest.fixture(scope="session")
+def shakespeare() -> Path:
+    if not SHAKESPEARE.is_file():
+        pytest.fail(f"tinyshakespeare not found at {SHAKESPEARE}: the tests expect ../shared beside the project")
+    return SHAKESPEARE
+
+
+@pytest.fixture
+def small_corpus(tmp_path: Path, shakespeare: Path) -> Path:
+    """The first 20,000 characters of Shakespeare: enough to learn something in seconds."""
+    path = tmp_path / "small.txt"
+    path.write_text(shakespeare.read_text()[:20_000])
+    return path
+
+
+def make_config(overrides: list[str], output_dir: Path) -> DictConfig:
+    """The training config exactly as `src/train.py` composes it, without Hydra's run-folder machinery."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=[*overrides, f"paths.output_dir={output_dir}"])
+
+
+FAST = [
+    "model=gpt_nano",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
+    "optim.warmup_steps=2",
+    "sample.max_new_tokens=20",
+    "callbacks.text_sampler.max_new_tokens=20",
+    "data.batch_size=16",
+]
+
+
+def run_cli(script: str, *args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("TINYSHAKESPEARE_PATH", None)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "src" / script), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

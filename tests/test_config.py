@@ -1,0 +1,100 @@
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, make_config
+from omegaconf import OmegaConf
+
+from gptlab.errors import ConfigError
+from gptlab.schema import validate
+
+
+def presets(group: str) -> list[str]:
+    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("model", presets("model"))
+@pytest.mark.parametrize("trainer", presets("trainer"))
+def test_every_model_and_trainer_preset_validates(model, trainer, tmp_path, shakespeare):
+    cfg = make_config([f"model={model}", f"trainer={trainer}", f"data.path={shakespeare}"], tmp_path)
+    run = validate(cfg)
+    assert run.model.n_embd % run.model.n_head == 0
+    assert run.data.block_size == run.model.block_size
+
+
+@pytest.mark.parametrize("group", ["experiment", "debug", "data"])
+def test_every_other_preset_validates(group, tmp_path, shakespeare):
+    for name in presets(group):
+        validate(make_config([f"{group}={name}", f"data.path={shakespeare}"], tmp_path))
+
+
+def test_gpt2_preset_is_the_gpt2_small_shape(tmp_path):
+    run = validate(make_config(["model=gpt2"], tmp_path))
+    m = run.model
+    assert (m.n_layer, m.n_head, m.n_embd, m.block_size, m.tie_weights) == (12, 12, 768, 1024, True)
+
+
+def test_overrides_reach_everything(tmp_path):
+    cfg = make_config(
+        [
+            "model.n_embd=96",
+            "model.n_head=3",
+            "model.block_size=48",
+            "data.batch_size=7",
+            "trainer.max_steps=123",
+            "trainer.accumulate_grad_batches=4",
+            "trainer.precision=bf16-mixed",
+            "seed=42",
+        ],
+        tmp_path,
+    )
+    run = validate(cfg)
+    assert (run.model.n_embd, run.model.n_head, run.data.block_size, run.data.batch_size) == (96, 3, 48, 7)
+    assert run.max_steps == 123 and cfg.trainer.accumulate_grad_batches == 4
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.seed == 42
+
+
+def test_nanogpt_experiment_pins_the_recipe(tmp_path):
+    run = validate(make_config(["experiment=nanogpt_cpu"], tmp_path))
+    assert (run.model.n_layer, run.model.n_embd, run.model.block_size, run.data.batch_size) == (4, 128, 64, 12)
+    assert (run.optim.lr, run.optim.min_lr, run.optim.warmup_steps, run.max_steps) == (1e-3, 1e-4, 100, 2000)
+
+
+def test_env_var_points_at_the_corpus(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYSHAKESPEARE_PATH", "/some/input.txt")
+    assert make_config([], tmp_path).data.path == "/some/input.txt"
+    monkeypatch.delenv("TINYSHAKESPEARE_PATH")
+    assert make_config([], tmp_path).data.path is None
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.n_layer=abc"], "model.n_layer: Value 'abc'"),
+        (["model.n_embd=100", "model.n_head=3"], "divisible by model.n_head"),
+        (["model.n_layer=-1"], "model.n_layer must be a positive integer"),
+        (["data.block_size=999"], r"data.block_size \(999\) exceeds model.block_size \(128\)"),
+        (["optim.warmup_steps=5000"], r"optim.warmup_steps \(5000\) must be shorter than trainer.max_steps"),
+        (["optim.lr=0"], "optim.lr must be positive"),
+        (["trainer.max_steps=-1"], "trainer.max_steps must be a positive integer"),
+        (["ckpt_path=/no/such.ckpt"], "ckpt_path: checkpoint not found: /no/such.ckpt"),
+        (["data.tokenizer=bpe"], "data.tokenizer must be 'char'"),
+        (["sample.top_p=1.5"], r"sample.top_p must be in \(0, 1\]"),
+    ],
+)
+def test_bad_values_are_rejected_naming_the_key(overrides, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        validate(make_config(overrides, tmp_path))
+
+
+def test_unknown_key_in_a_config_file_is_named(tmp_path):
+    cfg = make_config([], tmp_path)
+    OmegaConf.set_struct(cfg, False)
+    cfg.model.n_layr = 2  # as a typo inside an experiment file would arrive
+    with pytest.raises(ConfigError, match="model.n_layr: Key 'n_layr' not in 'GPTConfig'"):
+        validate(cfg)
+
+
+def test_text_file_data_requires_a_path(tmp_path):
+    with pytest.raises(ConfigError, match="data.path: Missing mandatory value"):
+        validate(make_config(["data=text_file"], tmp_path))
+    assert Path(validate(make_config(["data=text_file", "data.path=x.txt"], tmp_path)).data.path) == Path("x.txt")

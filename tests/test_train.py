@@ -1,0 +1,112 @@
+"""End-to-end training through the composed config, in process (fast), as src/train.py runs it."""
+
+import math
+
+import pytest
+import torch
+from conftest import FAST, make_config
+from tb import hparams_of, load_events, metrics_of, scalars
+
+from gptlab.lit_module import GPTLitModule
+from gptlab.training import train
+
+
+def fit(tmp_path, corpus, *overrides, name="run"):
+    out = tmp_path / name
+    cfg = make_config([*FAST, f"data.path={corpus}", *overrides], out)
+    return train(cfg), out
+
+
+def test_loss_falls_and_everything_is_logged(tmp_path, small_corpus):
+    val_loss, out = fit(
+        tmp_path, small_corpus, "trainer.max_steps=150", "trainer.val_check_interval=50", "optim.lr=3e-3"
+    )
+    val = scalars(out, "val/loss")
+    assert [s for s, _ in val] == [49, 99, 149]  # Lightning logs at the 0-based index of the step just taken
+    first_train = scalars(out, "train/loss")[0][1]
+    assert first_train > 3.5  # ~ln(vocab) at the start
+    assert val_loss == pytest.approx(val[-1][1]) and val_loss < first_train - 1.2
+    ppl = scalars(out, "val/ppl")
+    assert ppl[-1][1] == pytest.approx(math.exp(val[-1][1]), rel=1e-5)
+
+    events = load_events(out)
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/grad_norm", "perf/tokens_per_sec", "val/loss", "val/ppl"} <= tags
+    lrs = [v for _, v in scalars(out, "train/lr")]
+    assert lrs[0] < lrs[5] and lrs[-1] < 0.5 * max(lrs)  # warmup, then decay
+    assert "samples/text_summary" in events.Tags()["tensors"]
+    hparams = hparams_of(events)
+    assert hparams["model.n_layer"] == 2 and hparams["data.batch_size"] == 16
+    assert metrics_of(events) == {"val/loss", "val/ppl"}
+
+    assert (out / "config.yaml").is_file() and (out / "tokenizer.json").is_file()
+    assert {p.name for p in (out / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
+
+
+def test_checkpoints_are_plain_and_carry_the_tokenizer(tmp_path, small_corpus):
+    _, out = fit(tmp_path, small_corpus, "trainer.max_steps=6", "trainer.val_check_interval=3")
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 6
+    assert ckpt["tokenizer"]["kind"] == "char" and len(ckpt["tokenizer"]["chars"]) > 30
+    hp = ckpt["hyper_parameters"]
+    assert set(hp) == {"model", "optim", "tokenizer"} and hp["model"]["vocab_size"] == len(hp["tokenizer"]["chars"])
+
+
+def test_train_loss_is_the_mean_over_the_accumulation_window(tmp_path, small_corpus, monkeypatch):
+    micro, logged = [], []
+    step, log = GPTLitModule.training_step, GPTLitModule.log
+
+    def training_step(self, batch, i):
+        loss = step(self, batch, i)
+        micro.append(loss.item())
+        return loss
+
+    def spy_log(self, name, value, *a, **kw):
+        if name == "train/loss":
+            logged.append(float(value))
+        return log(self, name, value, *a, **kw)
+
+    monkeypatch.setattr(GPTLitModule, "training_step", training_step)
+    monkeypatch.setattr(GPTLitModule, "log", spy_log)
+    fit(
+        tmp_path,
+        small_corpus,
+        "trainer.max_steps=5",
+        "trainer.accumulate_grad_batches=3",
+        "trainer.val_check_interval=15",
+    )
+    assert len(micro) == 15 and len(logged) == 5
+    for i, value in enumerate(logged):
+        assert value == pytest.approx(sum(micro[3 * i : 3 * i + 3]) / 3, rel=1e-6)
+
+
+def test_resume_continues_at_the_saved_step(tmp_path, small_corpus):
+    _, first = fit(tmp_path, small_corpus, "trainer.max_steps=20", "trainer.val_check_interval=10", name="first")
+    ckpt = first / "checkpoints" / "last.ckpt"
+    _, second = fit(
+        tmp_path,
+        small_corpus,
+        "trainer.max_steps=30",
+        "trainer.val_check_interval=10",
+        f"ckpt_path={ckpt}",
+        name="second",
+    )
+    steps = [s for s, _ in scalars(second, "train/loss")]
+    assert min(steps) >= 20 and max(steps) == 29
+    assert [s for s, _ in scalars(second, "val/loss")] == [29]
+    assert torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 30
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 20  # the first run's files are untouched
+
+
+def test_same_seed_same_run(tmp_path, small_corpus):
+    a, _ = fit(tmp_path, small_corpus, "trainer.max_steps=8", "trainer.val_check_interval=8", name="a")
+    b, _ = fit(tmp_path, small_corpus, "trainer.max_steps=8", "trainer.val_check_interval=8", name="b")
+    c, _ = fit(tmp_path, small_corpus, "trainer.max_steps=8", "trainer.val_check_interval=8", "seed=7", name="c")
+    assert a == b and a != c
+
+
+def test_bf16_mixed_precision_trains_on_the_cpu(tmp_path, small_corpus):
+    val_loss, _ = fit(
+        tmp_path, small_corpus, "trainer.max_steps=4", "trainer.val_check_interval=4", "trainer.precision=bf16-mixed"
+    )
+    assert math.isfinite(val_loss) and val_loss < 5
