@@ -84,3 +84,32 @@ def test_unusable_data_files_are_refused(content, message, tmp_path):
     assert "Traceback" not in result.stderr
     [run] = (tmp_path / "logs" / "runs").iterdir()
     assert message in (run / "train.log").read_text()  # the failed run's folder says why
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_writes_one_run(tmp_path, small_corpus):
+    logs = tmp_path / "logs"
+    result = run_cli(
+        "train.py", *QUICK, "trainer=ddp", "trainer.devices=2", f"data.path={small_corpus}", f"paths.log_dir={logs}"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    [run] = (logs / "runs").iterdir()
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1  # rank 0 alone logs
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
+    assert result.stdout.count("--- sample from the final model ---") == 1
+
+
+@pytest.mark.slow
+def test_gpt_small_learns_shakespeare(tmp_path, shakespeare):
+    logs = tmp_path / "logs"
+    args = [
+        "model=gpt_small",
+        "trainer.max_steps=400",
+        "trainer.val_check_interval=400",
+        "trainer.enable_progress_bar=false",
+    ]
+    result = run_cli("train.py", *args, f"data.path={shakespeare}", f"paths.log_dir={logs}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    [run] = (logs / "runs").iterdir()
+    [(_, val_loss)] = scalars(run, "val/loss")
+    assert val_loss < 2.5  # from ln(65) = 4.17 at the start

@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import pytest
 from conftest import ROOT, make_config
 from omegaconf import OmegaConf
@@ -97,4 +95,6 @@ def test_unknown_key_in_a_config_file_is_named(tmp_path):
 def test_text_file_data_requires_a_path(tmp_path):
     with pytest.raises(ConfigError, match="data.path: Missing mandatory value"):
         validate(make_config(["data=text_file"], tmp_path))
-    assert Path(validate(make_config(["data=text_file", "data.path=x.txt"], tmp_path)).data.path) == Path("x.txt")
+    corpus = tmp_path / "mine.txt"
+    corpus.write_text("my own words")
+    assert validate(make_config(["data=text_file", f"data.path={corpus}"], tmp_path)).data.path == str(corpus)

@@ -43,6 +43,8 @@ class GPTLitModule(L.LightningModule):
         # one optimizer step = one accumulation window: log its mean loss, not the last micro-batch's
         self.log("train/loss", self._loss_sum / self._micro_batches, prog_bar=True)
         self._loss_sum, self._micro_batches = torch.zeros((), device=self._loss_sum.device), 0
+        # one lr for all groups (they differ only in weight decay), so one curve rather than one per group
+        self.log("train/lr", optimizer.param_groups[0]["lr"])
         if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
             self._log_throughput()
 
@@ -67,14 +69,15 @@ class GPTLitModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()
         self.val_loss.reset()
-        self.log("val/loss", loss, prog_bar=True)
-        self.log("val/ppl", loss.exp())
+        # already reduced across ranks by the metric; sync_dist only keeps Lightning from warning
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val/ppl", loss.exp(), sync_dist=True)
 
     def configure_optimizers(self):
         optimizer, scheduler = build_optimizer(self.model, self.optim_config, self.trainer.max_steps)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from gptlab.sampling import sample_text
 from gptlab.schema import validate
 
 log = logging.getLogger(__name__)
+# lightning 2.6 on torch 2.13 warns about its own use of a torch pytree API on every run; nothing to act on
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
 def train(cfg: DictConfig) -> float | None:
