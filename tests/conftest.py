@@ -47,7 +47,7 @@ FAST = [
 ]
 
 
-def run_cli(script: str, *args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_cli(script: str, *args: str, cwd: Path = ROOT, timeout: int = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("TINYSHAKESPEARE_PATH", None)
     return subprocess.run(
