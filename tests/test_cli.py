@@ -3,6 +3,7 @@
 import hashlib
 
 import pytest
+
 from conftest import run_cli
 from tb import scalars
 

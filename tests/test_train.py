@@ -4,11 +4,11 @@ import math
 
 import pytest
 import torch
-from conftest import FAST, make_config
-from tb import hparams_of, load_events, metrics_of, scalars
 
+from conftest import FAST, make_config
 from gptlab.lit_module import GPTLitModule
 from gptlab.training import train
+from tb import hparams_of, load_events, metrics_of, scalars
 
 
 def fit(tmp_path, corpus, *overrides, name="run"):

@@ -1,4 +1,4 @@
-"""Character-level data: a text file split 90/10, random training windows, fixed validation windows."""
+"""Text-file data (char or GPT-2 BPE tokens): split 90/10, random training windows, fixed validation windows."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from gptlab.errors import ConfigError, DataError
 from gptlab.text_source import locate, read_text
-from gptlab.tokenizer import CharTokenizer
+from gptlab.tokenizer import TOKENIZERS, CharTokenizer, make_tokenizer
 
 
 @dataclass
@@ -27,8 +27,8 @@ class DataConfig:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
-        if self.tokenizer != "char":
-            raise ConfigError(f"data.tokenizer must be 'char', got {self.tokenizer!r}")
+        if self.tokenizer not in TOKENIZERS:
+            raise ConfigError(f"data.tokenizer must be one of {TOKENIZERS}, got {self.tokenizer!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         for key in ("block_size", "batch_size"):
@@ -84,7 +84,7 @@ class CharDataModule(L.LightningDataModule):
     def __init__(self, config: DataConfig):
         super().__init__()
         self.config = config
-        self.tokenizer: CharTokenizer | None = None
+        self.tokenizer: CharTokenizer | None = None  # or GPT2Tokenizer
         self.train_tokens: torch.Tensor | None = None
         self.val_tokens: torch.Tensor | None = None
 
@@ -98,7 +98,7 @@ class CharDataModule(L.LightningDataModule):
         c = self.config
         path = locate(c.path, c.url, c.sha256, c.cache_dir)
         text = read_text(path)
-        self.tokenizer = CharTokenizer.from_text(text)
+        self.tokenizer = make_tokenizer(c.tokenizer, text)
         tokens = torch.tensor(self.tokenizer.encode(text), dtype=torch.int32)
         n_train = int(len(tokens) * (1 - c.val_fraction))  # first 90% / last 10%, as nanoGPT splits
         self.train_tokens, self.val_tokens = tokens[:n_train], tokens[n_train:]

@@ -42,7 +42,25 @@ class CharTokenizer:
         Path(path).write_text(json.dumps(self.state_dict(), ensure_ascii=False))
 
 
-def tokenizer_from_state(state: dict) -> CharTokenizer:
-    if state.get("kind") != CharTokenizer.kind:
-        raise DataError(f"unknown tokenizer kind {state.get('kind')!r} in checkpoint")
+TOKENIZERS = ("char", "gpt2")
+
+
+def make_tokenizer(kind: str, text: str):
+    """A char vocabulary is built from the corpus itself; GPT-2's BPE is fixed."""
+    if kind == "gpt2":
+        from gptlab.bpe import GPT2Tokenizer
+
+        return GPT2Tokenizer()
+    return CharTokenizer.from_text(text)
+
+
+def tokenizer_from_state(state: dict):
+    """The tokenizer a checkpoint was trained with, so it never decodes with another one."""
+    kind = state.get("kind")
+    if kind == "gpt2":
+        from gptlab.bpe import GPT2Tokenizer
+
+        return GPT2Tokenizer()
+    if kind != CharTokenizer.kind:
+        raise DataError(f"unknown tokenizer kind {kind!r} in checkpoint")
     return CharTokenizer(state["chars"])
