@@ -3,6 +3,7 @@
 import hashlib
 
 import pytest
+import torch
 
 from conftest import run_cli
 from tb import scalars
@@ -114,3 +115,21 @@ def test_gpt_small_learns_shakespeare(tmp_path, shakespeare):
     [run] = (logs / "runs").iterdir()
     [(_, val_loss)] = scalars(run, "val/loss")
     assert val_loss < 2.5  # from ln(65) = 4.17 at the start
+
+
+@pytest.mark.slow
+def test_streamed_parquet_trains_with_ddp_on_two_cpu_processes(tmp_path, shakespeare):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    paragraphs = shakespeare.read_text().split("\n\n")
+    for s in range(4):
+        pq.write_table(pa.table({"text": paragraphs[s::4]}), shards / f"part-{s}.parquet")
+    logs = tmp_path / "logs"
+    args = [*QUICK, "trainer=ddp", "data=text_files", f"data.files=[{shards}]", "data.num_workers=2"]
+    result = run_cli("train.py", *args, f"paths.log_dir={logs}", f"paths.data_dir={tmp_path / 'cache'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    [run] = (logs / "runs").iterdir()
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4

@@ -19,10 +19,28 @@ def test_every_model_and_trainer_preset_validates(model, trainer, tmp_path, shak
     assert run.data.block_size == run.model.block_size
 
 
-@pytest.mark.parametrize("group", ["experiment", "debug", "data"])
+@pytest.mark.parametrize("group", ["experiment", "debug"])
 def test_every_other_preset_validates(group, tmp_path, shakespeare):
     for name in presets(group):
         validate(make_config([f"{group}={name}", f"data.path={shakespeare}"], tmp_path))
+
+
+@pytest.mark.parametrize("data", presets("data"))
+def test_every_data_preset_validates(data, tmp_path, shakespeare):
+    where = {"tinyshakespeare": [f"data.path={shakespeare}"], "text_file": [f"data.path={shakespeare}"]}
+    where["text_files"] = [f"data.files=[{shakespeare}]"]
+    run = validate(make_config([f"data={data}", *where.get(data, [])], tmp_path))
+    assert run.data.block_size == run.model.block_size
+
+
+def test_hub_presets_name_their_datasets(tmp_path):
+    run = validate(make_config(["data=fineweb_edu"], tmp_path))
+    assert (run.data.dataset, run.data.config_name, run.data.tokenizer) == (
+        "HuggingFaceFW/fineweb-edu",
+        "sample-10BT",
+        "gpt2",
+    )
+    assert validate(make_config(["data=openwebtext"], tmp_path)).data.dataset == "Skylion007/openwebtext"
 
 
 def test_gpt2_preset_is_the_gpt2_small_shape(tmp_path):

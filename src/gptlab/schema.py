@@ -13,12 +13,13 @@ from gptlab.errors import ConfigError
 from gptlab.model import GPTConfig
 from gptlab.optim import OptimConfig
 from gptlab.sampling import SampleConfig
+from gptlab.streaming import StreamConfig
 
 
 @dataclass
 class RunConfig:
     model: GPTConfig
-    data: DataConfig
+    data: DataConfig | StreamConfig
     optim: OptimConfig
     sample: SampleConfig
     max_steps: int
@@ -37,7 +38,7 @@ def typed(cfg: DictConfig, key: str, schema: type):
 def validate(cfg: DictConfig) -> RunConfig:
     run = RunConfig(
         model=typed(cfg, "model", GPTConfig),
-        data=typed(cfg, "data", DataConfig),
+        data=typed(cfg, "data", StreamConfig if cfg.data.get("streaming") else DataConfig),
         optim=typed(cfg, "optim", OptimConfig),
         sample=typed(cfg, "sample", SampleConfig),
         max_steps=cfg.trainer.get("max_steps", -1),
@@ -51,7 +52,7 @@ def validate(cfg: DictConfig) -> RunConfig:
         raise ConfigError(
             f"optim.warmup_steps ({run.optim.warmup_steps}) must be shorter than trainer.max_steps ({run.max_steps})"
         )
-    if run.data.path and not Path(run.data.path).expanduser().is_file():
+    if getattr(run.data, "path", None) and not Path(run.data.path).expanduser().is_file():
         raise ConfigError(f"data.path: file not found: {run.data.path}")
     if run.ckpt_path and not Path(run.ckpt_path).is_file():
         raise ConfigError(f"ckpt_path: checkpoint not found: {run.ckpt_path}")

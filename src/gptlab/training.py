@@ -16,6 +16,7 @@ from gptlab.datamodule import CharDataModule
 from gptlab.lit_module import GPTLitModule
 from gptlab.sampling import sample_text
 from gptlab.schema import validate
+from gptlab.streaming import StreamConfig, StreamDataModule
 
 log = logging.getLogger(__name__)
 # lightning 2.6 on torch 2.13 warns about its own use of a torch pytree API on every run; nothing to act on
@@ -32,7 +33,7 @@ def train(cfg: DictConfig) -> float | None:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-    datamodule = CharDataModule(run.data)
+    datamodule = StreamDataModule(run.data) if isinstance(run.data, StreamConfig) else CharDataModule(run.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
     run.model.vocab_size = datamodule.tokenizer.vocab_size
