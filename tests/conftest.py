@@ -47,8 +47,10 @@ FAST = [
 ]
 
 
-def run_cli(script: str, *args: str, cwd: Path = ROOT, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def run_cli(
+    script: str, *args: str, cwd: Path = ROOT, timeout: int = 900, extra_env: dict | None = None
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     env.pop("TINYSHAKESPEARE_PATH", None)
     return subprocess.run(
         [sys.executable, str(ROOT / "src" / script), *args],

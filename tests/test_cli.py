@@ -133,3 +133,13 @@ def test_streamed_parquet_trains_with_ddp_on_two_cpu_processes(tmp_path, shakesp
     assert result.returncode == 0, result.stderr[-2000:]
     [run] = (logs / "runs").iterdir()
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+
+
+def test_unreachable_hub_dataset_is_one_line(tmp_path):
+    logs = tmp_path / "logs"
+    args = [*QUICK, "data=fineweb_edu", f"paths.log_dir={logs}", f"paths.data_dir={tmp_path / 'cache'}"]
+    result = run_cli("train.py", *args, extra_env={"HF_HUB_OFFLINE": "1"})  # as offline, minus the retries
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert "error: data: cannot open 'HuggingFaceFW/fineweb-edu' split 'train'" in last
+    assert "Traceback" not in result.stderr
