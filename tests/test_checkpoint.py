@@ -1,0 +1,53 @@
+"""Loading a trained checkpoint outside training: by file or by run folder, safely, with its own tokenizer."""
+
+import pytest
+import torch
+
+from conftest import FAST, make_config
+from gptlab.checkpoint import find_checkpoint, load_trained
+from gptlab.errors import GptlabError
+from gptlab.training import train
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, shakespeare):
+    tmp = tmp_path_factory.mktemp("ckpt")
+    corpus = tmp / "small.txt"
+    corpus.write_text(shakespeare.read_text()[:20_000])
+    out = tmp / "run"
+    train(make_config([*FAST, f"data.path={corpus}", "trainer.max_steps=4", "trainer.val_check_interval=2"], out))
+    return out
+
+
+def test_run_folder_resolves_to_best_or_last(run_dir):
+    assert find_checkpoint(run_dir) == run_dir / "checkpoints" / "best.ckpt"
+    assert find_checkpoint(run_dir, prefer="last") == run_dir / "checkpoints" / "last.ckpt"
+    (run_dir / "checkpoints" / "best.ckpt").rename(run_dir / "checkpoints" / "moved.ckpt")
+    try:
+        assert find_checkpoint(run_dir) == run_dir / "checkpoints" / "last.ckpt"
+    finally:
+        (run_dir / "checkpoints" / "moved.ckpt").rename(run_dir / "checkpoints" / "best.ckpt")
+
+
+def test_loaded_model_matches_the_trained_weights(run_dir):
+    model, tokenizer, ckpt = load_trained(run_dir / "checkpoints" / "last.ckpt")
+    assert not model.training and tokenizer.kind == "char"
+    assert torch.equal(model.lm_head.weight, ckpt["state_dict"]["model.lm_head.weight"])
+    x = torch.tensor([tokenizer.encode("ROMEO:")])
+    logits, _ = model(x)
+    assert logits.shape == (1, 6, tokenizer.vocab_size)
+
+
+@pytest.mark.parametrize("content, message", [(None, "checkpoint not found"), (b"garbage", "cannot read checkpoint")])
+def test_missing_or_corrupt_checkpoint_is_named(tmp_path, content, message):
+    path = tmp_path / "x.ckpt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(GptlabError, match=message) as e:
+        load_trained(path)
+    assert str(path) in str(e.value)
+
+
+def test_empty_run_folder_is_refused(tmp_path):
+    with pytest.raises(GptlabError, match="no checkpoints/best.ckpt or last.ckpt in run folder"):
+        find_checkpoint(tmp_path)
