@@ -10,6 +10,7 @@ weights, ReLU², no biases anywhere, untied head).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -99,11 +100,19 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        if kv is not None and kv.pos > 0:
+            # the new tokens attend to every cached key and value, and causally among themselves
+            k, v = kv.store(layer, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=kv.causal_mask(T, x.device))
+        else:
+            if kv is not None:
+                kv.store(layer, k, v)
+            p = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
 
@@ -132,10 +141,42 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, kv: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), kv, layer)
         x = x + self.mlp(self.ln_2(x))
         return x
+
+
+class KVCache:
+    """Every layer's keys and values for the `pos` tokens seen so far, so a new token runs alone.
+
+    Positions are explicit: the tokens of the next forward pass sit at pos, pos + 1, ...; the buffers hold at
+    most block_size tokens, which is all a model with learned absolute positions can see.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, device: torch.device, dtype: torch.dtype):
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.head_dim)
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self.pos = 0
+        self.block_size = config.block_size
+
+    @property
+    def full(self) -> bool:
+        return self.pos == self.block_size
+
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keep this pass's keys and values; return all of them so far, this pass's included."""
+        end = self.pos + k.size(2)
+        self.k[layer, :, :, self.pos : end] = k
+        self.v[layer, :, :, self.pos : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def causal_mask(self, T: int, device: torch.device) -> torch.Tensor | None:
+        # a single new token sees everything; several see the cache and the new ones up to themselves
+        if T == 1:
+            return None
+        return torch.ones(T, self.pos + T, dtype=torch.bool, device=device).tril(diagonal=self.pos)
 
 
 class GPT(nn.Module):
@@ -173,18 +214,28 @@ class GPT(nn.Module):
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits for every position; with targets, also the mean cross-entropy (targets of -1 are ignored)."""
-        T = idx.size(1)
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of length {T} exceeds model.block_size={self.config.block_size}")
-        pos = torch.arange(T, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        for block in self.transformer.h:
-            x = block(x)
-        logits = self.lm_head(self.transformer.ln_f(x))
+        logits = self.lm_head(self.hidden(idx))
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
         return logits, loss
+
+    def hidden(self, idx: torch.Tensor, kv: KVCache | None = None) -> torch.Tensor:
+        """The final normalised hidden states; with a cache, idx continues the cached tokens at position kv.pos."""
+        start, T = (kv.pos if kv is not None else 0), idx.size(1)
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of length {start + T} exceeds model.block_size={self.config.block_size}")
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, kv, i)
+        if kv is not None:
+            kv.pos += T
+        return self.transformer.ln_f(x)
+
+    def next_token_logits(self, idx: torch.Tensor, kv: KVCache | None = None) -> torch.Tensor:
+        """(B, V) logits for the token after idx: the head runs on the last position only."""
+        return self.lm_head(self.hidden(idx, kv)[:, -1, :])
 
     def parameter_breakdown(self) -> dict[str, int]:
         """Parameters per part; a tied head adds nothing of its own."""
@@ -211,13 +262,43 @@ class GPT(nn.Module):
         top_k: int | None = None,
         top_p: float | None = None,
         generator: torch.Generator | None = None,
+        kv_cache: bool = False,
     ) -> torch.Tensor:
         """Append max_new_tokens sampled tokens to idx (B, T), cropping the context to block_size."""
+        tokens = self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, generator, kv_cache)
+        return torch.cat((idx, *tokens), dim=1)
+
+    @torch.no_grad()
+    def generate_stream(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+        kv_cache: bool = True,
+    ) -> Iterator[torch.Tensor]:
+        """Yield max_new_tokens sampled (B, 1) tokens one by one, each conditioned on the last block_size tokens.
+
+        Without the cache every step re-runs the whole (cropped) context. With it, the prompt runs once and each
+        new token runs alone against the cached keys and values: the same tokens, far fewer operations. Once the
+        context is longer than block_size, cropping it shifts every token to a new absolute position, so the
+        cached keys and values no longer hold; the cache is then rebuilt from the cropped context at every step,
+        which is exactly the classic crop, at the classic cost (one block_size forward pass per token).
+        """
+        kv = KVCache(self.config, idx.size(0), idx.device, self.lm_head.weight.dtype) if kv_cache else None
         for _ in range(max_new_tokens):
-            logits, _ = self(idx[:, -self.config.block_size :])
-            next_token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+            if kv is None:
+                logits = self.next_token_logits(idx[:, -self.config.block_size :])
+            elif kv.pos == 0 or kv.full:
+                kv.pos = 0  # first step, or the window slid: prefill from the cropped context
+                logits = self.next_token_logits(idx[:, -self.config.block_size :], kv)
+            else:
+                logits = self.next_token_logits(idx[:, -1:], kv)
+            next_token = sample_next(logits, temperature, top_k, top_p, generator)
             idx = torch.cat((idx, next_token), dim=1)
-        return idx
+            yield next_token
 
 
 def sample_next(

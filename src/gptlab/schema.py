@@ -26,13 +26,14 @@ class RunConfig:
     ckpt_path: str | None
 
 
-def typed(cfg: DictConfig, key: str, schema: type):
-    """cfg[key] as an instance of the dataclass `schema`; unknown keys and wrong types name the key."""
+def typed(cfg: DictConfig, key: str | None, schema: type):
+    """cfg[key] (the whole cfg for key=None) as an instance of the dataclass `schema`; unknown keys and wrong
+    types name the key."""
     try:
-        values = OmegaConf.to_container(cfg[key], resolve=True, throw_on_missing=True)
+        values = OmegaConf.to_container(cfg if key is None else cfg[key], resolve=True, throw_on_missing=True)
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
     except OmegaConfBaseException as e:
-        raise ConfigError(f"{key}.{e.full_key}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{e.full_key if key is None else f'{key}.{e.full_key}'}: {str(e).splitlines()[0]}") from None
 
 
 def validate(cfg: DictConfig) -> RunConfig:
