@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from gptlab.checkpoint import load_trained
 from gptlab.cli import exit_on_user_error
 from gptlab.generation import GenerateConfig, TextStream, encode_prompt
-from gptlab.schema import typed
+from gptlab.typed_config import typed
 
 SEPARATOR = "\n---------------"
 

@@ -60,3 +60,16 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, shakespeare) -> Path:
+    """A run folder with a gpt_nano trained for a few steps on the first 20,000 characters of Shakespeare."""
+    from gptlab.training import train
+
+    tmp = tmp_path_factory.mktemp("trained")
+    corpus = tmp / "small.txt"
+    corpus.write_text(shakespeare.read_text()[:20_000])
+    out = tmp / "run"
+    train(make_config([*FAST, f"data.path={corpus}", "trainer.max_steps=10", "trainer.val_check_interval=5"], out))
+    return out

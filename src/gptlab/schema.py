@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
 
 from gptlab.datamodule import DataConfig
 from gptlab.errors import ConfigError
@@ -14,6 +13,7 @@ from gptlab.model import GPTConfig
 from gptlab.optim import OptimConfig
 from gptlab.sampling import SampleConfig
 from gptlab.streaming import StreamConfig
+from gptlab.typed_config import typed
 
 
 @dataclass
@@ -24,16 +24,6 @@ class RunConfig:
     sample: SampleConfig
     max_steps: int
     ckpt_path: str | None
-
-
-def typed(cfg: DictConfig, key: str | None, schema: type):
-    """cfg[key] (the whole cfg for key=None) as an instance of the dataclass `schema`; unknown keys and wrong
-    types name the key."""
-    try:
-        values = OmegaConf.to_container(cfg if key is None else cfg[key], resolve=True, throw_on_missing=True)
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"{e.full_key if key is None else f'{key}.{e.full_key}'}: {str(e).splitlines()[0]}") from None
 
 
 def validate(cfg: DictConfig) -> RunConfig:

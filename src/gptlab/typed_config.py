@@ -1,0 +1,18 @@
+"""A config node as a validated dataclass; light to import (no Lightning), so quick commands start quickly."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from gptlab.errors import ConfigError
+
+
+def typed(cfg: DictConfig, key: str | None, schema: type):
+    """cfg[key] (the whole cfg for key=None) as an instance of the dataclass `schema`; unknown keys and wrong
+    types name the key."""
+    try:
+        values = OmegaConf.to_container(cfg if key is None else cfg[key], resolve=True, throw_on_missing=True)
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{e.full_key if key is None else f'{key}.{e.full_key}'}: {str(e).splitlines()[0]}") from None
