@@ -1,0 +1,25 @@
+"""Serve a trained GPT over HTTP: `python src/serve.py ckpt_path=<file or run folder>` (see conf/serve.yaml).
+
+OpenAI-style `POST /v1/completions` (streamed as server-sent events with "stream": true) and `GET /health`.
+"""
+
+import hydra
+import uvicorn
+from omegaconf import DictConfig
+
+from gptlab.cli import exit_on_user_error
+from gptlab.server import ServeConfig, create_app
+from gptlab.typed_config import typed
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="serve")
+def main(cfg: DictConfig) -> None:
+    with exit_on_user_error():
+        config: ServeConfig = typed(cfg, None, ServeConfig)
+        app = create_app(config)  # loads the model: a bad checkpoint fails here, before the port is taken
+    print(f"serving {app.state.model_name} on http://{config.host}:{config.port}  (Ctrl-C stops)", flush=True)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
