@@ -95,7 +95,8 @@ class Lease:
 def create_app(config: ServeConfig) -> FastAPI:
     model, tokenizer, _ = load_trained(config.ckpt_path, device=torch.device(config.device))
     ckpt = find_checkpoint(config.ckpt_path)
-    model_name = config.model_name or f"{ckpt.parent.parent.name}/{ckpt.name}"
+    in_run = ckpt.parent.name == "checkpoints"
+    model_name = config.model_name or (f"{ckpt.parent.parent.name}/{ckpt.name}" if in_run else ckpt.name)
     slots = Slots(config.max_concurrent)
     stats = {"requests": 0, "tokens_generated": 0}
     app = FastAPI(title="gptlab", docs_url=None, redoc_url=None)
