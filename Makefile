@@ -2,8 +2,10 @@
 PY := $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 DATA ?= ../shared/data/tinyshakespeare/input.txt
 ARGS ?=
+# the newest run folder
+CKPT ?= $(lastword $(sort $(wildcard logs/runs/*)))
 
-.PHONY: help install train sweep tb test test-slow test-all lint clean
+.PHONY: help install train sweep tb generate serve bench-generate bench-serve test test-slow test-all lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -20,6 +22,18 @@ sweep:  ## a three-run depth sweep, each run in its own folder under logs/multir
 tb:  ## TensorBoard over every run in logs/
 	$(PY) -m tensorboard.main --logdir logs
 
+generate:  ## sample from a trained model (CKPT=run folder or .ckpt, default the newest run; ARGS=prompt=... etc.)
+	$(PY) src/generate.py ckpt_path=$(CKPT) $(ARGS)
+
+serve:  ## the completions server on 127.0.0.1:8000 (CKPT=run folder or .ckpt; ARGS=port=... host=...)
+	$(PY) src/serve.py ckpt_path=$(CKPT) $(ARGS)
+
+bench-generate:  ## tokens/s with and without the KV cache, gpt_small and gpt2 shapes (ARGS=--threads 1 etc.)
+	$(PY) bench/generate.py $(ARGS)
+
+bench-serve:  ## load check: a few hundred mixed requests, 8 clients, against a local server (ARGS=--ckpt ...)
+	$(PY) bench/serve_load.py $(ARGS)
+
 test:  ## the fast test suite (a few minutes on 2 cores)
 	$(PY) -m pytest -q -m "not slow"
 
@@ -30,7 +44,7 @@ test-all:  ## both
 	$(PY) -m pytest -q
 
 lint:  ## ruff
-	$(PY) -m ruff check src tests && $(PY) -m ruff format --check src tests
+	$(PY) -m ruff check src tests bench && $(PY) -m ruff format --check src tests bench
 
 clean:  ## remove caches (never logs/: runs are yours to delete)
 	rm -rf .pytest_cache .ruff_cache src/*.egg-info

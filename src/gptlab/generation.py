@@ -55,6 +55,8 @@ class GenerateConfig(SamplingParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not self.ckpt_path:
+            raise ConfigError("ckpt_path: empty: give a .ckpt file or a run folder")
         if self.num_samples <= 0:
             raise ConfigError(f"num_samples must be a positive integer, got {self.num_samples}")
         if self.device.split(":")[0] not in ("cpu", "cuda", "mps"):

@@ -18,7 +18,6 @@ import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.background import BackgroundTask
 
 from gptlab.checkpoint import find_checkpoint, load_trained
 from gptlab.errors import ConfigError, GptlabError
@@ -41,6 +40,8 @@ class ServeConfig:
     model_name: str | None = None  # the "model" reported in responses; default: the checkpoint's run and file
 
     def __post_init__(self) -> None:
+        if not self.ckpt_path:
+            raise ConfigError("ckpt_path: empty: give a .ckpt file or a run folder")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be in [0, 65535], got {self.port}")
         for key in ("max_tokens", "max_prompt_tokens", "max_concurrent"):
@@ -165,9 +166,24 @@ def create_app(config: ServeConfig) -> FastAPI:
             yield sse({**head, "choices": [choice("", stream.finish_reason)], "usage": usage()})
             yield "data: [DONE]\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream", background=BackgroundTask(lease.release))
+        return LeasedStream(events(), lease)
 
     return app
+
+
+class LeasedStream(StreamingResponse):
+    """Server-sent events that give their generation slot back however the response ends, even if the client
+    left before the first event (then the event generator never starts, and its own cleanup never runs)."""
+
+    def __init__(self, content: AsyncIterator[str], lease: Lease):
+        super().__init__(content, media_type="text/event-stream")
+        self.lease = lease
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.lease.release()
 
 
 def choice(text: str, finish_reason: str | None) -> dict:
