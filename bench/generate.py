@@ -1,9 +1,9 @@
 """Generation speed with and without the KV cache: tokens per second for the gpt_small and gpt2 shapes.
 
 Random weights (speed does not depend on them), greedy decoding from a 16-token prompt, batch 1, fp32. Each cell
-times one generation of N new tokens with the cache and then the same without it, interleaved, so machine load
-hits both alike; the tokens are compared too. A cell stops at --time-limit seconds and then says how many
-tokens it timed.
+times a generation of N new tokens with the cache and then the same without it, --repeat times alternating (so
+machine load hits both alike), shows the median of each, and compares the tokens. A generation stops at
+--time-limit seconds, and the cell then says how many tokens it timed.
 Usage: python bench/generate.py [--models gpt_small gpt_small:1024 gpt2] [--tokens 128 512 1024] [--threads 1]
 """
 
@@ -44,6 +44,10 @@ def timed(model: GPT, prompt: torch.Tensor, n: int, kv_cache: bool, limit: float
     return len(tokens), time.perf_counter() - start, tokens
 
 
+def median_run(runs: list[tuple[int, float, list[int]]]) -> tuple[int, float, list[int]]:
+    return sorted(runs, key=lambda r: r[0] / r[1])[len(runs) // 2]
+
+
 def rate(done: int, seconds: float, asked: int) -> str:
     return f"{done / seconds:.1f}" + ("" if done == asked else f" (first {done} tokens)")
 
@@ -55,6 +59,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["gpt_small", "gpt_small:1024", "gpt2"])
     parser.add_argument("--tokens", nargs="+", type=int, default=[128, 512, 1024])
     parser.add_argument("--time-limit", type=float, default=600.0, help="seconds per timed generation")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per cell, alternating; the median is shown")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
@@ -71,8 +76,11 @@ def main() -> None:
         timed(model, prompt, 8, True, args.time_limit)  # warm-up: allocator, kernels
         params = f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M"
         for n in args.tokens:
-            n_c, t_c, cached = timed(model, prompt, n, True, args.time_limit)
-            n_r, t_r, recomputed = timed(model, prompt, n, False, args.time_limit)
+            runs = {True: [], False: []}
+            for _ in range(args.repeat):  # alternate, so load changes hit both alike
+                for kv_cache in (True, False):
+                    runs[kv_cache].append(timed(model, prompt, n, kv_cache, args.time_limit))
+            (n_c, t_c, cached), (n_r, t_r, recomputed) = (median_run(runs[c]) for c in (True, False))
             k = min(n_c, n_r)
             print(
                 f"| {name} | {params} | {model.config.block_size} | {n} | {rate(n_c, t_c, n)} | "

@@ -130,6 +130,7 @@ def test_stop_strings_end_the_completion(server):
         ({"prompt": "x", "top_k": 0}, "Input should be greater than or equal to 1"),
         ({"prompt": "x", "stop": 5}, "Input should be a valid"),
         ({"prompt": "x", "stop": [""]}, "empty stop string"),
+        ({"prompt": "x", "stop": ["a"] * 17}, "List should have at most 16 items"),
         ({"prompt": ["x"]}, "Input should be a valid string"),
         ({"prompt": "x", "max_tokens": -1}, "Input should be greater than or equal to 0"),
         ({"prompt": "x", "logit_bias": {}}, "Extra inputs are not permitted"),

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Annotated
 
 import anyio
 import torch
@@ -63,7 +64,7 @@ class CompletionRequest(BaseModel):
     temperature: float = Field(default=1.0, ge=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
     top_k: int | None = Field(default=None, ge=1)
-    stop: str | list[str] | None = None
+    stop: str | Annotated[list[str], Field(max_length=16)] | None = None
     seed: int | None = None
     stream: bool = False
     model: str | None = None  # accepted for compatibility: this server has one model
@@ -151,11 +152,11 @@ def create_app(config: ServeConfig) -> FastAPI:
         stats["requests"] += 1
         head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time())}
         head["model"] = model_name
-        usage = lambda: {  # noqa: E731
-            "prompt_tokens": len(stream.prompt_ids),
-            "completion_tokens": stream.completion_tokens,
-            "total_tokens": len(stream.prompt_ids) + stream.completion_tokens,
-        }
+
+        def usage() -> dict:
+            prompt, completion = len(stream.prompt_ids), stream.completion_tokens
+            return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
         if not req.stream:
             text = "".join([piece async for piece in pieces(stream, request, lease)])
             return {**head, "choices": [choice(text, stream.finish_reason)], "usage": usage()}
