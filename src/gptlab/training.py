@@ -9,11 +9,13 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gptlab.callbacks import flatten, log_hparams, markdown_table
 from gptlab.datamodule import CharDataModule
 from gptlab.lit_module import GPTLitModule
+from gptlab.precision import resolve_precision
 from gptlab.sampling import sample_text
 from gptlab.schema import validate
 from gptlab.streaming import StreamConfig, StreamDataModule
@@ -41,7 +43,10 @@ def train(cfg: DictConfig) -> float | None:
 
     callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    if torch.cuda.is_available() and cfg.trainer.accelerator in ("gpu", "cuda", "auto"):
+        torch.set_float32_matmul_precision("high")  # TF32 for whatever still runs in fp32
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, precision=precision)
 
     if trainer.is_global_zero:
         log.info("parameters:\n%s", markdown_table(module.model.parameter_breakdown()))
