@@ -39,12 +39,13 @@ def measured_peak_flops(dtype: torch.dtype, device: str = "cpu", size: int = 204
     return 2 * size**3 / best
 
 
-def peak_flops(precision: str, device: torch.device) -> float:
-    """The peak MFU is measured against: the GPU's datasheet bf16 figure, or this CPU's own matmul speed."""
+def peak_flops(precision: str, device: torch.device, size: int = 1024) -> float:
+    """The peak MFU is measured against: the GPU's datasheet bf16 figure, or this CPU's own matmul speed
+    (1024² by default: a quarter of a second at most, as every training run pays it once)."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for key, peak in GPU_PEAKS.items():
             if key in name:
                 return peak
     dtype = torch.bfloat16 if "bf16" in str(precision) else torch.float32
-    return measured_peak_flops(dtype, device.type if device.type == "cuda" else "cpu")
+    return measured_peak_flops(dtype, "cpu", size)

@@ -64,7 +64,9 @@ class GPTConfig:
         if self.logit_softcap is not None and not self.logit_softcap > 0:
             raise ConfigError(f"model.logit_softcap must be positive or null, got {self.logit_softcap}")
         if self.rope and (self.head_dim % 2 or not self.rope_base > 0):
-            raise ConfigError(f"model.rope needs an even head size (n_embd / n_head = {self.head_dim}) and rope_base > 0")
+            raise ConfigError(
+                f"model.rope needs an even head size (n_embd / n_head = {self.head_dim}) and rope_base > 0"
+            )
         if self.norm == "layernorm" and not self.norm_weight:
             raise ConfigError("model.norm_weight=false needs model.norm=rmsnorm (LayerNorm always has a gain)")
 

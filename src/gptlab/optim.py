@@ -78,8 +78,12 @@ class CombinedOptimizer(torch.optim.Optimizer):
     def __init__(self, optimizers: list[torch.optim.Optimizer]):
         self.optimizers = optimizers
         super().__init__([p for o in optimizers for g in o.param_groups for p in g["params"]], {})
-        self.param_groups = [g for o in optimizers for g in o.param_groups]
-        self.state = ChainMap(*(o.state for o in optimizers))
+        self._share_inner()
+
+    def _share_inner(self) -> None:
+        # the inner optimizers replace their group dicts and state on load_state_dict: share them afresh
+        self.param_groups = [g for o in self.optimizers for g in o.param_groups]
+        self.state = ChainMap(*(o.state for o in self.optimizers))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -101,6 +105,7 @@ class CombinedOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         for optimizer, state in zip(self.optimizers, state_dict["optimizers"], strict=True):
             optimizer.load_state_dict(state)
+        self._share_inner()
 
 
 def lr_factor(step: int, warmup: int, total: int, floor: float, schedule: str = "cosine", decay: float = 0.2) -> float:
