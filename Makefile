@@ -3,7 +3,7 @@ PY := $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 DATA ?= ../shared/data/tinyshakespeare/input.txt
 ARGS ?=
 
-.PHONY: help install train sweep tb test test-slow test-all lint clean
+.PHONY: help install train sweep tb test test-slow test-all lint clean bench speedrun
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -16,6 +16,12 @@ train:  ## train gpt_small on tinyshakespeare (DATA=path to input.txt, ARGS=more
 
 sweep:  ## a three-run depth sweep, each run in its own folder under logs/multiruns
 	$(PY) src/train.py -m model.n_layer=2,4,8 data.path=$(DATA) $(ARGS)
+
+bench:  ## Lightning vs a plain loop, fp32 vs bf16-mixed, interleaved; table + JSON in bench/results (ARGS=flags)
+	$(PY) bench/train.py --data $(DATA) $(ARGS)
+
+speedrun:  ## the fastest recipe here to val/loss <= 1.88 on char-level tinyshakespeare (ARGS=more overrides)
+	$(PY) src/train.py experiment=speedrun_char data.path=$(DATA) $(ARGS)
 
 tb:  ## TensorBoard over every run in logs/
 	$(PY) -m tensorboard.main --logdir logs
@@ -30,7 +36,7 @@ test-all:  ## both
 	$(PY) -m pytest -q
 
 lint:  ## ruff
-	$(PY) -m ruff check src tests && $(PY) -m ruff format --check src tests
+	$(PY) -m ruff check src tests bench && $(PY) -m ruff format --check src tests bench
 
 clean:  ## remove caches (never logs/: runs are yours to delete)
 	rm -rf .pytest_cache .ruff_cache src/*.egg-info
