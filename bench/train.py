@@ -41,6 +41,9 @@ SHAPES = {  # name -> overrides; batch sizes as each recipe trains them
 }
 
 
+PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
 class StepTimer(L.Callback):
     def __init__(self) -> None:
         self.times: list[float] = []
