@@ -102,7 +102,7 @@ def plain_round(overrides: list[str], steps: int) -> list[float]:
 def measure(name: str, precision: str, args) -> dict:
     steps = args.warmup + args.steps + 1  # +1: the first end only starts the clock
     overrides = [*SHAPES[name], f"data.path={args.data}", f"trainer.precision={precision}", *args.set]
-    overrides += [f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "trainer.limit_val_batches=1"]
+    overrides += [f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "+trainer.limit_val_batches=1"]
     overrides += ["optim.warmup_steps=0", "sample.max_new_tokens=1", "callbacks.text_sampler.max_new_tokens=1"]
     per_step = {"lightning": [], "plain": []}
     peak_rss = {"lightning": 0, "plain": 0}
