@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from conftest import ROOT, run_cli
 
 
+@pytest.mark.slow  # two Python start-ups and eight short trainings: about 20 s on an idle machine
 def test_bench_writes_table_and_json(tmp_path, shakespeare):
     args = ["--shapes", "gpt_nano", "--precisions", "32-true,bf16-mixed", "--steps", "3", "--warmup", "1"]
     args += ["--rounds", "1", "--data", str(shakespeare), "--out", str(tmp_path)]
