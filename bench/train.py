@@ -1,8 +1,9 @@
 """Lightning's real training path against a plain PyTorch loop, interleaved in one process: `make bench`.
 
-For each shape and precision, rounds alternate: gptlab.training.train (the Lightning Trainer with the
-configured callbacks, TensorBoard logging and progress bar) and a plain loop over the same data module, model,
-optimizer, schedule, clipping and precision. Per-step wall time runs from one step's end to the next (data
+For each shape, every round runs, for each precision in turn, gptlab.training.train (the Lightning Trainer with
+the configured callbacks, TensorBoard logging and progress bar) and then a plain loop over the same data module,
+model, optimizer, schedule, clipping and precision: both ratios (Lightning / plain, bf16 / fp32) come from
+measurements interleaved in time. Per-step wall time runs from one step's end to the next (data
 loading included); the first `--warmup` steps of every round are dropped. Figures are medians.
 """
 
@@ -99,34 +100,42 @@ def plain_round(overrides: list[str], steps: int) -> list[float]:
     return times
 
 
-def measure(name: str, precision: str, args) -> dict:
+def measure(name: str, precisions: list[str], args) -> list[dict]:
+    """One row per precision; every round runs each precision's Lightning and plain paths back to back."""
     steps = args.warmup + args.steps + 1  # +1: the first end only starts the clock
-    overrides = [*SHAPES[name], f"data.path={args.data}", f"trainer.precision={precision}", *args.set]
-    overrides += [f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "+trainer.limit_val_batches=1"]
-    overrides += ["optim.warmup_steps=0", "sample.max_new_tokens=1", "callbacks.text_sampler.max_new_tokens=1"]
-    per_step = {"lightning": [], "plain": []}
-    peak_rss = {"lightning": 0, "plain": 0}
+    common = [*SHAPES[name], f"data.path={args.data}", *args.set]
+    common += [f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "+trainer.limit_val_batches=1"]
+    common += ["optim.warmup_steps=0", "sample.max_new_tokens=1", "callbacks.text_sampler.max_new_tokens=1"]
+    runs = {(p, path): [] for p in precisions for path in ("lightning", "plain")}
+    peak_rss = dict.fromkeys(runs, 0)
     for _ in range(args.rounds):
-        for path, fn in (("lightning", lightning_round), ("plain", plain_round)):
-            before = rss_bytes()
-            ends = fn(overrides, steps)
-            per_step[path] += [b - a for a, b in zip(ends[args.warmup :], ends[args.warmup + 1 :], strict=False)]
-            peak_rss[path] = max(peak_rss[path], rss_bytes(), before)
-    cfg = config(overrides, Path(tempfile.gettempdir()))
+        for precision in precisions:
+            for path, fn in (("lightning", lightning_round), ("plain", plain_round)):
+                ends = fn([*common, f"trainer.precision={precision}"], steps)
+                runs[(precision, path)] += [
+                    b - a for a, b in zip(ends[args.warmup : -1], ends[args.warmup + 1 :], strict=True)
+                ]
+                peak_rss[(precision, path)] = max(peak_rss[(precision, path)], rss_bytes())
+    return [row(name, precision, common, runs, peak_rss, args) for precision in precisions]
+
+
+def row(name: str, precision: str, common: list[str], runs: dict, peak_rss: dict, args) -> dict:
+    cfg = config([*common, f"trainer.precision={precision}"], Path(tempfile.gettempdir()))
     run = validate(cfg)
     run.model.vocab_size = 65 if run.data.tokenizer == "char" else 50257
     with torch.device("meta"):
         fpt = flops_per_token(GPT(run.model))
     tokens = run.data.batch_size * run.data.block_size * cfg.trainer.accumulate_grad_batches
     peak = args.peak["bf16" if "bf16" in precision else "fp32"]
-    row = {"shape": name, "precision": precision, "tokens_per_step": tokens, "flops_per_token": fpt}
-    for path, times in per_step.items():
+    result = {"shape": name, "precision": precision, "tokens_per_step": tokens, "flops_per_token": fpt}
+    for path in ("lightning", "plain"):
+        times = runs[(precision, path)]
         ms = statistics.median(times) * 1e3
-        row[path] = {"ms_per_step": ms, "tokens_per_s": tokens / ms * 1e3, "mfu": tokens / ms * 1e3 * fpt / peak}
-        row[path]["peak_rss_mib"] = peak_rss[path] / 2**20
-        row[path]["steps_timed"] = len(times)
-    row["lightning_vs_plain"] = row["lightning"]["tokens_per_s"] / row["plain"]["tokens_per_s"]
-    return row
+        result[path] = {"ms_per_step": ms, "tokens_per_s": tokens / ms * 1e3, "mfu": tokens / ms * 1e3 * fpt / peak}
+        result[path]["peak_rss_mib"] = peak_rss[(precision, path)] / 2**20
+        result[path]["steps_timed"] = len(times)
+    result["lightning_vs_plain"] = result["lightning"]["tokens_per_s"] / result["plain"]["tokens_per_s"]
+    return result
 
 
 def markdown(rows: list[dict], header: str) -> str:
@@ -176,12 +185,11 @@ def main() -> None:
     print(header, flush=True)
     rows = []
     for name in args.shapes.split(","):
-        for precision in args.precisions.split(","):
-            row_args = argparse.Namespace(**vars(args))
-            if name == "gpt2":
-                row_args.steps, row_args.warmup = max(2, args.steps // 4), min(args.warmup, 1)
-            rows.append(measure(name, precision, row_args))
-            print(markdown(rows[-1:], ""), flush=True)
+        shape_args = argparse.Namespace(**vars(args))
+        if name == "gpt2":
+            shape_args.steps, shape_args.warmup = max(2, args.steps // 4), min(args.warmup, 1)
+        rows += (new := measure(name, args.precisions.split(","), shape_args))
+        print(markdown(new, ""), flush=True)
     header += f"; load average at the end {' '.join(f'{x:.2f}' for x in _load())}"
     table = markdown(rows, header)
     print("\n" + table)
