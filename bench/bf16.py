@@ -42,7 +42,9 @@ def main() -> None:
     for width in map(int, args.widths.split(",")):
         n_layer, n_head, block, batch = SHAPES[width]
         torch.manual_seed(0)
-        model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=width, block_size=block, vocab_size=65))
+        model = GPT(
+            GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=width, block_size=block, vocab_size=65, bias=False)
+        )
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         x = torch.randint(0, 65, (batch, block))
         times = {False: [], True: []}
