@@ -27,7 +27,7 @@ def test_auto_precision_is_bf16_on_a_bf16_cpu_for_wide_models_and_says_why(caplo
     caplog.set_level(logging.INFO, logger="gptlab.precision")
     assert resolve_precision("auto", "cpu", 384, ZEN4) == "bf16-mixed"
     assert resolve_precision("auto", "cpu", 128, ZEN4) == "32-true"
-    assert "fp32 is faster here" in caplog.text
+    assert "fp32 is faster at this width" in caplog.text
     assert resolve_precision("auto", "cpu", 384, AVX2_ONLY) == "32-true"
     assert "no native bf16" in caplog.text
     assert resolve_precision("bf16-mixed", "cpu", 16, AVX2_ONLY) == "bf16-mixed"  # an explicit choice stands
