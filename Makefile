@@ -5,7 +5,7 @@ ARGS ?=
 # the newest run folder
 CKPT ?= $(lastword $(sort $(wildcard logs/runs/*)))
 
-.PHONY: help install train sweep tb generate serve bench-generate bench-serve test test-slow test-all lint clean
+.PHONY: help install train sweep tb generate serve bench-generate bench-serve bench speedrun test test-slow test-all lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -18,6 +18,12 @@ train:  ## train gpt_small on tinyshakespeare (DATA=path to input.txt, ARGS=more
 
 sweep:  ## a three-run depth sweep, each run in its own folder under logs/multiruns
 	$(PY) src/train.py -m model.n_layer=2,4,8 data.path=$(DATA) $(ARGS)
+
+bench:  ## Lightning vs a plain loop, fp32 vs bf16-mixed, interleaved; table + JSON in bench/results (ARGS=flags)
+	$(PY) bench/train.py --data $(DATA) $(ARGS)
+
+speedrun:  ## the fastest recipe here to val/loss <= 1.88 on char-level tinyshakespeare (ARGS=more overrides)
+	$(PY) src/train.py experiment=speedrun_char data.path=$(DATA) $(ARGS)
 
 tb:  ## TensorBoard over every run in logs/
 	$(PY) -m tensorboard.main --logdir logs

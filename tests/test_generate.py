@@ -21,11 +21,14 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def sharp_model() -> GPT:
+MODERN = dict(rope=True, qk_norm=True, logit_softcap=15.0, activation="relu2")
+
+
+@pytest.fixture(scope="module", params=[{}, MODERN], ids=["gpt2", "rope+qk_norm+softcap"])
+def sharp_model(request) -> GPT:
     """Random weights scaled up, so the logits are far from uniform and greedy choices are meaningful."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50)).eval()
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50, **request.param)).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(5)
@@ -57,7 +60,10 @@ def test_chunked_prefill_gives_the_full_forward_logits(sharp_model):
     full, _ = sharp_model(idx)
     kv = KVCache(sharp_model.config, 2, idx.device, torch.float32)
     with torch.no_grad():
-        parts = [sharp_model.lm_head(sharp_model.hidden(idx[:, a:b], kv)) for a, b in ((0, 5), (5, 6), (6, 13))]
+        parts = [
+            sharp_model.softcap(sharp_model.lm_head(sharp_model.hidden(idx[:, a:b], kv)))
+            for a, b in ((0, 5), (5, 6), (6, 13))
+        ]
     assert kv.pos == 13
     torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=0, atol=1e-4)
     with pytest.raises(ValueError, match="exceeds model.block_size=16"):

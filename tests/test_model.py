@@ -140,3 +140,116 @@ def test_generate_appends_tokens_and_crops_context():
     out = model.generate(torch.zeros(2, 3, dtype=torch.long), max_new_tokens=12, temperature=0)
     assert out.shape == (2, 15)
     assert out.max() < 11
+
+
+MODERN = {"rope": True, "qk_norm": True, "zero_init": True, "logit_softcap": 15.0, "activation": "relu2"}
+
+
+@pytest.mark.parametrize("kw", [{"rope": True}, {"qk_norm": True}, {"logit_softcap": 5.0}, MODERN])
+def test_modern_switches_keep_shapes_and_causality(kw):
+    torch.manual_seed(0)
+    model = GPT(tiny(**kw)).eval()
+    idx = torch.randint(0, 11, (1, 8))
+    changed = idx.clone()
+    changed[0, 5] = (idx[0, 5] + 1) % 11
+    for p in model.parameters():  # zero-init projections would make every position equal: perturb them
+        p.data += 0.05 * torch.randn_like(p)
+    a, loss = model(idx, idx)
+    b, _ = model(changed)
+    assert a.shape == (1, 8, 11) and loss.shape == ()
+    assert torch.equal(a[:, :5], b[:, :5])
+    assert not torch.allclose(a[:, 5:], b[:, 5:])
+
+
+def test_rope_replaces_learned_positions_and_counts_exactly():
+    model = GPT(tiny(rope=True))
+    assert "wpe" not in model.transformer
+    assert "position embedding (wpe)" not in model.parameter_breakdown()
+    # the GPT-2 count (6896) less the 8 x 16 position table; QK-norm, zero-init and soft-capping add nothing
+    assert model.parameter_breakdown()["total"] == 6896 - 8 * 16 == 6768
+    assert GPT(tiny(**MODERN, bias=True)).parameter_breakdown()["total"] == 6768
+    assert GPT(tiny(qk_norm=True, zero_init=True, logit_softcap=30.0)).parameter_breakdown()["total"] == 6896
+    assert not [k for k in model.state_dict() if "rotary" in k]  # derived tables stay out of checkpoints
+
+
+def test_rope_positions_are_relative_and_take_an_offset():
+    torch.manual_seed(0)
+    model = GPT(tiny(rope=True, n_layer=1)).eval()
+    idx = torch.randint(0, 11, (1, 4))
+    # attention scores depend only on relative positions: a shifted window gives the same logits...
+    assert torch.allclose(model(idx)[0], model(idx, pos_offset=3)[0], atol=1e-5)
+    # ...and the rotation itself does depend on the position
+    q = torch.randn(1, 1, 4, 8)
+    cos, sin = model.rotary(torch.arange(4))
+    cos3, sin3 = model.rotary(torch.arange(3, 7))
+    from gptlab.model import apply_rotary
+
+    assert not torch.allclose(apply_rotary(q, cos, sin), apply_rotary(q, cos3, sin3))
+    assert torch.allclose(apply_rotary(q, cos, sin).norm(dim=-1), q.norm(dim=-1), atol=1e-5)  # a rotation
+    with pytest.raises(ValueError, match="block_size"):
+        model(idx, pos_offset=5)
+
+
+def test_qk_norm_normalises_queries_and_keys():
+    torch.manual_seed(0)
+    model = GPT(tiny(qk_norm=True)).eval()
+    attn = model.transformer.h[0].attn
+    seen = {}
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        seen["q"], seen["k"] = q, k
+        return original(q, k, v, **kw)
+
+    torch.nn.functional.scaled_dot_product_attention = spy
+    try:
+        attn(torch.randn(2, 8, 16) * 10)
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = original
+    for t in (seen["q"], seen["k"]):
+        assert torch.allclose(t.pow(2).mean(-1), torch.ones(2, 2, 8), atol=1e-3)
+
+
+def test_zero_init_output_projections_start_each_block_as_identity():
+    torch.manual_seed(0)
+    model = GPT(tiny(zero_init=True))
+    for block in model.transformer.h:
+        assert torch.count_nonzero(block.attn.c_proj.weight) == 0
+        assert torch.count_nonzero(block.mlp.c_proj.weight) == 0
+        assert torch.count_nonzero(block.mlp.c_fc.weight) > 0
+        x = torch.randn(2, 8, 16)
+        assert torch.equal(block(x), x)
+
+
+def test_logit_softcap_bounds_the_logits():
+    torch.manual_seed(0)
+    model = GPT(tiny(logit_softcap=2.0, tie_weights=False))
+    torch.nn.init.normal_(model.lm_head.weight, std=10.0)
+    logits, _ = model(torch.randint(0, 11, (2, 8)))
+    assert logits.abs().max() <= 2.0
+    assert logits.abs().max() > 1.5  # saturating, not merely scaled down
+    uncapped = GPT(tiny(tie_weights=False))
+    uncapped.load_state_dict(model.state_dict())
+    torch.manual_seed(1)
+    idx = torch.randint(0, 11, (2, 8))
+    assert torch.allclose(model(idx)[0], 2.0 * torch.tanh(uncapped(idx)[0] / 2.0), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kw, key",
+    [({"logit_softcap": 0.0}, "model.logit_softcap"), ({"rope": True, "n_embd": 18, "n_head": 2}, "model.rope")],
+)
+def test_modern_switches_reject_invalid_values(kw, key):
+    with pytest.raises(ConfigError, match=key):
+        tiny(**kw)
+
+
+def test_gpt2_presets_leave_every_modern_switch_off():
+    import yaml
+
+    from conftest import ROOT
+
+    for name in ("gpt2", "gpt_nano"):
+        preset = yaml.safe_load((ROOT / f"conf/model/{name}.yaml").read_text())
+        assert not preset["rope"] and not preset["qk_norm"] and not preset["zero_init"]
+        assert preset["logit_softcap"] is None and preset["activation"] == "gelu" and preset["tie_weights"]

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
+from gptlab.flops import flops_per_token, peak_flops
 from gptlab.model import GPT, GPTConfig
 from gptlab.optim import OptimConfig
 from gptlab.optim import build as build_optimizer
@@ -20,6 +21,10 @@ class GPTLitModule(L.LightningModule):
         # plain dicts only: checkpoints must load with torch.load(weights_only=True)
         self.save_hyperparameters(logger=False)
         self.model = GPT(GPTConfig(**model))
+        # compile the training/validation forward only: generation's changing shapes would recompile it
+        self._forward = torch.compile(self.model.forward) if self.model.config.compile else self.model.forward
+        self._flops_per_token = flops_per_token(self.model)
+        self._peak_flops: float | None = None
         self.optim_config = OptimConfig(**optim)
         self.tokenizer = tokenizer_from_state(tokenizer)
         self.val_loss = MeanMetric()
@@ -33,7 +38,7 @@ class GPTLitModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        _, loss = self.model(x, y)
+        _, loss = self._forward(x, y)
         self._loss_sum = self._loss_sum.to(loss.device) + loss.detach()
         self._micro_batches += 1
         self._tokens_since_log += y.numel()
@@ -48,11 +53,17 @@ class GPTLitModule(L.LightningModule):
         if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
             self._log_throughput()
 
+    def on_fit_start(self) -> None:
+        if self.trainer.loggers:  # MFU's denominator: a datasheet figure, or a matmul timed here once per process
+            self._peak_flops = peak_flops(self.trainer.precision, self.device)
+
     def _log_throughput(self) -> None:
         now = time.perf_counter()
         if self._last_log_time is not None:
-            rate = self._tokens_since_log * self.trainer.world_size / (now - self._last_log_time)
-            self.log("perf/tokens_per_sec", rate, prog_bar=True)
+            rate = self._tokens_since_log / (now - self._last_log_time)  # this process's tokens
+            self.log("perf/tokens_per_sec", rate * self.trainer.world_size, prog_bar=True)
+            if self._peak_flops:
+                self.log("perf/mfu", rate * self._flops_per_token / self._peak_flops)
         self._last_log_time, self._tokens_since_log = now, 0
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
@@ -63,7 +74,7 @@ class GPTLitModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        _, loss = self.model(x, y)
+        _, loss = self._forward(x, y)
         self.val_loss.update(loss, weight=(y != -1).sum())  # token-weighted: the exact mean over the split
 
     def on_validation_epoch_end(self) -> None:

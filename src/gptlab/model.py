@@ -4,7 +4,8 @@ token + position embeddings -> N x [x + attn(norm(x)); x + mlp(norm(x))] -> norm
 
 The switches in `GPTConfig` express the textbook variants exactly: GPT-2 (LayerNorm, GELU, biases, tied head),
 a notebook-style GPT (bias-free attention, biased MLP, tied head) and a scalar-style "microgpt" (RMSNorm without
-weights, ReLU², no biases anywhere, untied head).
+weights, ReLU², no biases anywhere, untied head). The modern ones, all off in the GPT-2 presets: rotary position
+embeddings (no learned positions then), QK-norm, zero-initialised output projections and logit soft-capping.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ class GPTConfig:
     norm: str = "layernorm"
     norm_weight: bool = True  # rmsnorm only: a learned gain, or none at all
     activation: str = "gelu"
+    rope: bool = False  # rotary position embeddings on q and k instead of a learned wpe
+    rope_base: float = 10000.0
+    qk_norm: bool = False  # RMS-normalise q and k per head before attention
+    zero_init: bool = False  # output projections of attention and MLP start at zero: each block starts as identity
+    logit_softcap: float | None = None  # logits -> cap * tanh(logits / cap)
+    compile: bool = False  # torch.compile the model for training (not part of the architecture)
 
     def __post_init__(self) -> None:
         for key in ("n_layer", "n_head", "n_embd", "block_size"):
@@ -55,6 +62,12 @@ class GPTConfig:
             raise ConfigError(f"model.norm must be one of {NORMS}, got {self.norm!r}")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"model.activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.logit_softcap is not None and not self.logit_softcap > 0:
+            raise ConfigError(f"model.logit_softcap must be positive or null, got {self.logit_softcap}")
+        if self.rope and (self.head_dim % 2 or not self.rope_base > 0):
+            raise ConfigError(
+                f"model.rope needs an even head size (n_embd / n_head = {self.head_dim}) and rope_base > 0"
+            )
         if self.norm == "layernorm" and not self.norm_weight:
             raise ConfigError("model.norm_weight=false needs model.norm=rmsnorm (LayerNorm always has a gain)")
 
@@ -91,19 +104,48 @@ def make_norm(config: GPTConfig) -> nn.Module:
     return nn.LayerNorm(config.n_embd, bias=config.bias)
 
 
+class Rotary(nn.Module):
+    """cos/sin tables of rotary embeddings, looked up at explicit positions (so a KV cache can pass an offset)."""
+
+    def __init__(self, head_dim: int, base: float):
+        super().__init__()
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)  # derived: checkpoints stay unchanged
+
+    def forward(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        angles = pos.float()[:, None] * self.inv_freq[None, :]  # (T, head_dim / 2)
+        return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each (first half, second half) pair of x (B, H, T, D) by its position's angle."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         bias = config.bias if config.attn_bias is None else config.attn_bias
-        self.n_head, self.dropout = config.n_head, config.dropout
+        self.n_head, self.dropout, self.qk_norm = config.n_head, config.dropout, config.qk_norm
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=bias)  # q, k, v in one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, kv: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+        kv: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if self.qk_norm:  # bounds the attention logits, which lets higher learning rates train stably
+            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if kv is not None and kv.pos > 0:
             # the new tokens attend to every cached key and value, and causally among themselves
             k, v = kv.store(layer, k, v)
@@ -141,8 +183,10 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, kv: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), kv, layer)
+    def forward(
+        self, x: torch.Tensor, rotary: tuple | None = None, kv: KVCache | None = None, layer: int = 0
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rotary, kv, layer)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -188,12 +232,13 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
+                **({} if config.rope else {"wpe": nn.Embedding(config.block_size, config.n_embd)}),
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
                 ln_f=make_norm(config),
             )
         )
+        self.rotary = Rotary(config.head_dim, config.rope_base) if config.rope else None
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.transformer.wte.weight
@@ -202,6 +247,8 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init:
+                    nn.init.zeros_(p)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -211,39 +258,49 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, pos_offset: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits for every position; with targets, also the mean cross-entropy (targets of -1 are ignored)."""
-        logits = self.lm_head(self.hidden(idx))
+        """Logits for every position; with targets, also the mean cross-entropy (targets of -1 are ignored).
+
+        `pos_offset` is the position of idx's first token (non-zero when earlier tokens sit in a KV cache).
+        """
+        logits = self.softcap(self.lm_head(self.hidden(idx, pos_offset=pos_offset)))
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
         return logits, loss
 
-    def hidden(self, idx: torch.Tensor, kv: KVCache | None = None) -> torch.Tensor:
+    def hidden(self, idx: torch.Tensor, kv: KVCache | None = None, pos_offset: int = 0) -> torch.Tensor:
         """The final normalised hidden states; with a cache, idx continues the cached tokens at position kv.pos."""
-        start, T = (kv.pos if kv is not None else 0), idx.size(1)
+        start, T = (kv.pos if kv is not None else pos_offset), idx.size(1)
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of length {start + T} exceeds model.block_size={self.config.block_size}")
         pos = torch.arange(start, start + T, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.wte(idx)
+        rotary = self.rotary(pos) if self.rotary is not None else None
+        if rotary is None:
+            x = x + self.transformer.wpe(pos)
+        x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, kv, i)
+            x = block(x, rotary, kv, i)
         if kv is not None:
             kv.pos += T
         return self.transformer.ln_f(x)
 
+    def softcap(self, logits: torch.Tensor) -> torch.Tensor:
+        cap = self.config.logit_softcap
+        return logits if cap is None else cap * torch.tanh(logits / cap)
+
     def next_token_logits(self, idx: torch.Tensor, kv: KVCache | None = None) -> torch.Tensor:
         """(B, V) logits for the token after idx: the head runs on the last position only."""
-        return self.lm_head(self.hidden(idx, kv)[:, -1, :])
+        return self.softcap(self.lm_head(self.hidden(idx, kv)[:, -1, :]))
 
     def parameter_breakdown(self) -> dict[str, int]:
         """Parameters per part; a tied head adds nothing of its own."""
         count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-        parts = {
-            "token embedding (wte)": count(self.transformer.wte),
-            "position embedding (wpe)": count(self.transformer.wpe),
-        }
+        parts = {"token embedding (wte)": count(self.transformer.wte)}
+        if "wpe" in self.transformer:
+            parts["position embedding (wpe)"] = count(self.transformer.wpe)
         for i, block in enumerate(self.transformer.h):
             parts[f"block {i}"] = count(block)
         parts["final norm"] = count(self.transformer.ln_f)

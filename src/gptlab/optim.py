@@ -1,8 +1,9 @@
-"""AdamW with weight-decay groups, and linear warmup into a cosine decay to a floor."""
+"""AdamW, or Muon for the hidden matrices with AdamW for the rest; warmup into a cosine or warmup-stable-decay."""
 
 from __future__ import annotations
 
 import math
+from collections import ChainMap
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -10,54 +11,132 @@ import torch
 
 from gptlab.errors import ConfigError
 
+OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("cosine", "wsd")
+
 
 @dataclass
 class OptimConfig:
+    name: str = "adamw"  # or muon: Muon for the 2-D matrices inside the blocks, AdamW for everything else
     lr: float = 1e-3
     weight_decay: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     warmup_steps: int = 100
-    min_lr: float = 1e-4  # the cosine ends here
-    fused: bool | None = None  # None: torch picks (fused kernels need a GPU to pay off)
+    min_lr: float = 1e-4  # the schedule ends here
+    schedule: str = "cosine"  # or wsd: warmup, hold the peak, then decay linearly over the last decay_fraction
+    decay_fraction: float = 0.2  # wsd only
+    fused: bool | None = None  # None: fused AdamW kernels when the parameters are on a GPU (they pay off only there)
+    muon_lr: float = 0.02  # muon only: Muon's own peak lr (scaled by the same schedule)
+    muon_momentum: float = 0.95
+    muon_weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ConfigError(f"optim.name must be one of {OPTIMIZERS}, got {self.name!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"optim.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not self.lr > 0:
             raise ConfigError(f"optim.lr must be positive, got {self.lr}")
+        if not self.muon_lr > 0:
+            raise ConfigError(f"optim.muon_lr must be positive, got {self.muon_lr}")
         if not 0 <= self.min_lr <= self.lr:
             raise ConfigError(f"optim.min_lr must be in [0, optim.lr={self.lr}], got {self.min_lr}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.weight_decay < 0 or self.muon_weight_decay < 0:
+            raise ConfigError("optim.weight_decay and optim.muon_weight_decay must be >= 0")
         if self.warmup_steps < 0:
             raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 < self.decay_fraction <= 1:
+            raise ConfigError(f"optim.decay_fraction must be in (0, 1], got {self.decay_fraction}")
+        if not 0 <= self.muon_momentum < 1:
+            raise ConfigError(f"optim.muon_momentum must be in [0, 1), got {self.muon_momentum}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {list(self.betas)}")
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
     """Decay matrices and embeddings; never biases or norm gains (all of them 1-D)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in params if p.requires_grad]
     return [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
 
 
-def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
-    """Multiplier of the peak lr: linear warmup, then cosine from 1 down to `floor` at `total`."""
+def muon_split(model: torch.nn.Module) -> tuple[list, list]:
+    """(hidden matrices inside the blocks, everything else): Muon suits the first, not embeddings or the head."""
+    hidden, rest = [], []
+    for name, p in model.named_parameters():
+        (hidden if p.dim() == 2 and ".h." in f".{name}" else rest).append(p)
+    return hidden, rest
+
+
+class CombinedOptimizer(torch.optim.Optimizer):
+    """Several optimizers stepped as one, so Lightning's automatic optimization (gradient accumulation,
+    clipping, one lr scheduler) works unchanged: `param_groups` are the inner optimizers' own group dicts."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+        super().__init__([p for o in optimizers for g in o.param_groups for p in g["params"]], {})
+        self._share_inner()
+
+    def _share_inner(self) -> None:
+        # the inner optimizers replace their group dicts and state on load_state_dict: share them afresh
+        self.param_groups = [g for o in self.optimizers for g in o.param_groups]
+        self.state = ChainMap(*(o.state for o in self.optimizers))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for optimizer in self.optimizers:
+            optimizer.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        for optimizer, state in zip(self.optimizers, state_dict["optimizers"], strict=True):
+            optimizer.load_state_dict(state)
+        self._share_inner()
+
+
+def lr_factor(step: int, warmup: int, total: int, floor: float, schedule: str = "cosine", decay: float = 0.2) -> float:
+    """Multiplier of the peak lr: linear warmup, then cosine (or hold, then linear) down to `floor` at `total`."""
     if step < warmup:
         return (step + 1) / warmup
+    if schedule == "wsd":
+        decay_start = total - decay * (total - warmup)
+        progress = min(1.0, max(0.0, (step - decay_start) / max(1.0, total - decay_start)))
+        return 1 - (1 - floor) * progress
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def build(model: torch.nn.Module, config: OptimConfig, total_steps: int) -> tuple:
-    optimizer = torch.optim.AdamW(
-        param_groups(model, config.weight_decay),
-        lr=config.lr,
-        betas=tuple(config.betas),
-        eps=config.eps,
-        fused=config.fused,
+    fused = next(model.parameters()).is_cuda if config.fused is None else config.fused
+    adamw = partial(torch.optim.AdamW, lr=config.lr, betas=tuple(config.betas), eps=config.eps, fused=fused)
+    if config.name == "muon":
+        hidden, rest = muon_split(model)
+        muon = torch.optim.Muon(
+            hidden, lr=config.muon_lr, momentum=config.muon_momentum, weight_decay=config.muon_weight_decay
+        )
+        optimizer = CombinedOptimizer([muon, adamw(param_groups(rest, config.weight_decay))])
+    else:
+        optimizer = adamw(param_groups(list(model.parameters()), config.weight_decay))
+    schedule = partial(
+        lr_factor,
+        warmup=config.warmup_steps,
+        total=total_steps,
+        floor=config.min_lr / config.lr,
+        schedule=config.schedule,
+        decay=config.decay_fraction,
     )
-    schedule = partial(lr_factor, warmup=config.warmup_steps, total=total_steps, floor=config.min_lr / config.lr)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gptlab.callbacks import flatten, log_hparams, markdown_table
 from gptlab.datamodule import CharDataModule
 from gptlab.lit_module import GPTLitModule
+from gptlab.precision import resolve_precision
 from gptlab.sampling import sample_text
 from gptlab.schema import validate
 from gptlab.streaming import StreamConfig, StreamDataModule
@@ -23,8 +25,11 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
-def train(cfg: DictConfig) -> float | None:
-    """Fit the model the config describes; returns the final val/loss (what a sweeper minimises)."""
+def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> float | None:
+    """Fit the model the config describes; returns the final val/loss (what a sweeper minimises).
+
+    `extra_callbacks` join the configured ones (bench/train.py times steps through one).
+    """
     run = validate(cfg)  # every config error surfaces here, before data or model load
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
@@ -40,8 +45,12 @@ def train(cfg: DictConfig) -> float | None:
     module = GPTLitModule(model=asdict(run.model), optim=asdict(run.optim), tokenizer=datamodule.tokenizer.state_dict())
 
     callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    callbacks += extra_callbacks or []
     loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator, run.model.n_embd)
+    if torch.cuda.is_available() and cfg.trainer.accelerator in ("gpu", "cuda", "auto"):
+        torch.set_float32_matmul_precision("high")  # TF32 for whatever still runs in fp32
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, precision=precision)
 
     if trainer.is_global_zero:
         log.info("parameters:\n%s", markdown_table(module.model.parameter_breakdown()))

@@ -1,0 +1,27 @@
+"""bench/train.py runs end to end and writes its table and JSON (the figures themselves are not asserted)."""
+
+import json
+
+import pytest
+
+from conftest import ROOT, run_cli
+
+
+@pytest.mark.slow  # two Python start-ups and eight short trainings: about 20 s on an idle machine
+def test_bench_writes_table_and_json(tmp_path, shakespeare):
+    args = ["--shapes", "gpt_nano", "--precisions", "32-true,bf16-mixed", "--steps", "3", "--warmup", "1"]
+    args += ["--rounds", "1", "--data", str(shakespeare), "--out", str(tmp_path)]
+    result = run_cli("../bench/train.py", *args, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (md,) = tmp_path.glob("*.md")
+    (js,) = tmp_path.glob("*.json")
+    rows = json.loads(js.read_text())["rows"]
+    assert [(r["shape"], r["precision"]) for r in rows] == [("gpt_nano", "32-true"), ("gpt_nano", "bf16-mixed")]
+    for r in rows:
+        assert r["tokens_per_step"] == 16 * 32
+        for path in ("lightning", "plain"):
+            assert r[path]["steps_timed"] == 3 and r[path]["ms_per_step"] > 0 and 0 < r[path]["mfu"] < 1
+        assert r["lightning_vs_plain"] > 0
+    text = md.read_text()
+    assert "6N + 12·L·d·T" in text and "bf16-mixed / fp32 tokens/s for gpt_nano" in text
+    assert "| gpt_nano | 32-true | lightning |" in result.stdout
