@@ -30,6 +30,7 @@ class GPTConfig:
     n_embd: int = 128
     block_size: int = 64
     vocab_size: int | None = None  # filled in from the tokenizer, never by hand
+    vocab_multiple: int = 1  # pad the embedding and head up to a multiple of this (64: faster matmuls)
     dropout: float = 0.0
     bias: bool = True  # default for every linear layer and LayerNorm
     attn_bias: bool | None = None  # overrides `bias` for the q/k/v and output projections
@@ -47,6 +48,7 @@ class GPTConfig:
             _check_positive_int("vocab_size", self.vocab_size)
         if self.mlp_hidden is not None:
             _check_positive_int("mlp_hidden", self.mlp_hidden)
+        _check_positive_int("vocab_multiple", self.vocab_multiple)
         if self.n_embd % self.n_head:
             raise ConfigError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
         if not 0.0 <= self.dropout < 1.0:
@@ -61,6 +63,11 @@ class GPTConfig:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding and head: the tokenizer's vocabulary rounded up; the extra ids never occur."""
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
     @property
     def hidden(self) -> int:
@@ -187,14 +194,14 @@ class GPT(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(
             dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
                 wpe=nn.Embedding(config.block_size, config.n_embd),
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
                 ln_f=make_norm(config),
             )
         )
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.transformer.wte.weight
         self.apply(self._init_weights)
@@ -213,7 +220,10 @@ class GPT(nn.Module):
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits for every position; with targets, also the mean cross-entropy (targets of -1 are ignored)."""
+        """Logits for every position; with targets, also the mean cross-entropy (targets of -1 are ignored).
+
+        Logits have padded_vocab_size columns: padded ids are never targets, so training drives them down.
+        """
         logits = self.lm_head(self.hidden(idx))
         if targets is None:
             return logits, None
@@ -296,7 +306,8 @@ class GPT(nn.Module):
                 logits = self.next_token_logits(idx[:, -self.config.block_size :], kv)
             else:
                 logits = self.next_token_logits(idx[:, -1:], kv)
-            next_token = sample_next(logits, temperature, top_k, top_p, generator)
+            # only the tokenizer's own ids: a padded id can never be emitted
+            next_token = sample_next(logits[:, : self.config.vocab_size], temperature, top_k, top_p, generator)
             idx = torch.cat((idx, next_token), dim=1)
             yield next_token
 
