@@ -172,7 +172,9 @@ class Mark:
     skip: int = 0
 
 
-def pack(docs: Iterator[tuple[list[int], dict | None]], block_size: int, start: Mark) -> Iterator[tuple[torch.Tensor, Mark]]:
+def pack(
+    docs: Iterator[tuple[list[int], dict | None]], block_size: int, start: Mark
+) -> Iterator[tuple[torch.Tensor, Mark]]:
     """Contiguous windows of block_size + 1 tokens over the concatenated documents, each with the Mark that
     reproduces it first; the tail shorter than a window is dropped.
 
@@ -327,7 +329,9 @@ class StreamDataModule(L.LightningDataModule):
         else:
             tokens, self.exclude = held_out(c)
         if len(tokens) < c.block_size + 1:
-            raise DataError(f"data: {len(tokens)} validation tokens, fewer than data.block_size + 1 = {c.block_size + 1}")
+            raise DataError(
+                f"data: {len(tokens)} validation tokens, fewer than data.block_size + 1 = {c.block_size + 1}"
+            )
         self.val_tokens = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
         if self.cache is None:
             self._check_one_window()
@@ -359,4 +363,6 @@ class StreamDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(validation_windows(self.val_tokens, self.config.block_size), batch_size=self.config.batch_size)
+        return DataLoader(
+            validation_windows(self.val_tokens, self.config.block_size), batch_size=self.config.batch_size
+        )

@@ -92,7 +92,9 @@ def find_cache(c: StreamConfig, tokenizer) -> TokenCache | None:
     try:
         meta = json.loads(meta_file.read_text())
     except (OSError, ValueError) as e:
-        raise DataError(f"data: token cache {meta_file} is unreadable ({e}): remove the folder or rerun prepare")
+        raise DataError(
+            f"data: token cache {meta_file} is unreadable ({e}): remove the folder or rerun prepare"
+        ) from None
     if meta.get("tokenizer") != tokenizer.state_dict():
         raise DataError(
             f"data: token cache {folder} was made with tokenizer {meta.get('tokenizer')}, this run uses "
