@@ -100,6 +100,8 @@ def local_data_files(patterns: list[str]) -> tuple[str, list[str]]:
             raise DataError(f"data.files: not found: {pattern}")
     if not found:
         raise DataError(f"data.files: no .txt, .jsonl or .parquet files in {patterns}")
+    if all(p.stat().st_size == 0 for p in found):
+        raise DataError(f"data.files: {patterns} hold no documents: every file is empty")
     builders = {BUILDERS.get(p.suffix) for p in found}
     if None in builders or len(builders) > 1:
         raise DataError(
@@ -339,10 +341,9 @@ class StreamDataModule(L.LightningDataModule):
     def _check_one_window(self) -> None:
         """A corpus shorter than one window would stream nothing forever: refuse it before training starts."""
         probe = PackedStream(self.config, 0, 1, self.exclude, infinite=False)
-        if next(iter(probe), None) is None:
+        if next(iter(probe), None) is None:  # (a reader with documents but no window raises on its own)
             raise DataError(
-                f"data: the training documents of {self.config.where()} hold fewer than "
-                f"data.block_size + 1 = {self.config.block_size + 1} tokens"
+                f"data: no training documents left in {self.config.where()} once the validation ones are held out"
             )
 
     def train_dataloader(self) -> ResumableLoader:
@@ -354,6 +355,7 @@ class StreamDataModule(L.LightningDataModule):
             dataset, shuffle = PackedStream(c, rank, world, self.exclude), None
         return ResumableLoader(
             dataset,
+            held_back=0 if shuffle else 1,  # Lightning fetches one batch ahead of a loader without a length
             batch_size=c.batch_size,
             shuffle=shuffle,
             drop_last=bool(shuffle),
