@@ -90,7 +90,7 @@ def test_two_ranks_by_two_workers_cover_every_window_exactly_once(tmp_path, n_sh
         ds = PackedStream(config([folder]), rank=rank, world_size=2, infinite=False)
         for worker, windows in windows_by_reader(ds, num_workers=2).items():
             total += len(windows)
-            for a, b in zip(windows, windows[1:]):
+            for a, b in zip(windows, windows[1:], strict=False):
                 assert a[-1] == b[0]  # one reader's windows chain: each starts where the last one ended
             stream = [windows[0][0]] + [t for w in windows for t in w[1:]]
             # the reader's documents, in its order, each followed by <|endoftext|>, cut only at the tail

@@ -13,10 +13,10 @@ kept, and the state saved is the one from before the batches the consumer holds 
 
 from __future__ import annotations
 
-import torch.distributed as dist
 from collections import deque
 from collections.abc import Iterator
 
+import torch.distributed as dist
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from gptlab.errors import DataError
