@@ -268,3 +268,27 @@ def test_a_resumed_run_continues_the_stream_where_it_stopped(parquet_shards, tmp
     train(make_config([*common, "trainer.max_steps=8", f"ckpt_path={ckpt}"], tmp_path / "second"))
     assert len(whole) == len(seen) == 8
     assert all(torch.equal(a, b) for a, b in zip(whole, seen, strict=True))
+
+
+def test_each_rank_resumes_from_its_own_position(parquet_shards, monkeypatch):
+    from gptlab import resumable
+
+    folder, _ = parquet_shards
+    c = config([folder], shuffle_buffer=7)
+    make = lambda rank: ResumableLoader(PackedStream(c, rank, 2), batch_size=3)  # noqa: E731
+    whole = {rank: batches(make(rank), 12) for rank in range(2)}
+    saved = []
+    for rank in range(2):  # what the gather across ranks puts in the checkpoint
+        loader = make(rank)
+        it = iter(loader)
+        batches(loader, 5, it)
+        saved += loader.state_dict()["ranks"]
+    assert saved[0] != saved[1]
+    for rank in range(2):
+        monkeypatch.setattr(resumable, "_world", lambda rank=rank: (rank, 2))
+        again = make(rank)
+        again.load_state_dict({"ranks": saved})
+        assert all(torch.equal(a, b) for a, b in zip(whole[rank][5:], batches(again, 7), strict=True))
+    monkeypatch.setattr(resumable, "_world", lambda: (0, 3))
+    with pytest.raises(DataError, match="saved by 2 processes, this run has 3"):
+        make(0).load_state_dict({"ranks": saved})
