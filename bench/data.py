@@ -32,6 +32,7 @@ H100_GPT2_SMALL = 500_000  # tokens/s GPT-2 small consumes on one H100 (the issu
 
 
 def write_corpus(text: str, copies: int, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
     paragraphs = [p for p in text.split("\n\n") if p.strip()] * copies
     for s in range(4):
         pq.write_table(pa.table({"text": paragraphs[s::4]}), folder / f"part-{s}.parquet")
