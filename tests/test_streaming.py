@@ -292,3 +292,14 @@ def test_each_rank_resumes_from_its_own_position(parquet_shards, monkeypatch):
     monkeypatch.setattr(resumable, "_world", lambda: (0, 3))
     with pytest.raises(DataError, match="saved by 2 processes, this run has 3"):
         make(0).load_state_dict({"ranks": saved})
+
+
+def test_bad_bytes_met_inside_a_worker_still_make_one_line(tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a good document " * 20)
+    (folder / "b.txt").write_bytes(b"then bytes \xff\xfe that are not UTF-8 " * 5)
+    loader = DataLoader(PackedStream(config([folder]), 0, 1, infinite=False), batch_size=None, num_workers=1)
+    with pytest.raises(DataError) as error:
+        list(loader)
+    assert "\n" not in str(error.value) and "not UTF-8 text" in str(error.value)

@@ -24,6 +24,7 @@ import hashlib
 import itertools
 import json
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +42,16 @@ from gptlab.tokenizer import make_tokenizer
 log = logging.getLogger(__name__)
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 SOURCE_KEYS = ("dataset", "config_name", "files", "text_column", "train_split", "val_split", "val_tokens")
+
+
+class StreamError(DataError):
+    """A data error that may be raised inside a dataloader worker. torch re-raises it in the main process with the
+    worker's whole traceback as its message; keep only the original line, so it still prints as one line."""
+
+    def __init__(self, message: str):
+        if message.startswith("Caught ") and "Original Traceback" in message:
+            message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+        super().__init__(message)
 
 
 @dataclass
@@ -97,14 +108,14 @@ def local_data_files(patterns: list[str]) -> tuple[str, list[str]]:
         elif path.is_file():
             found.append(path)
         else:
-            raise DataError(f"data.files: not found: {pattern}")
+            raise StreamError(f"data.files: not found: {pattern}")
     if not found:
-        raise DataError(f"data.files: no .txt, .jsonl or .parquet files in {patterns}")
+        raise StreamError(f"data.files: no .txt, .jsonl or .parquet files in {patterns}")
     if all(p.stat().st_size == 0 for p in found):
-        raise DataError(f"data.files: {patterns} hold no documents: every file is empty")
+        raise StreamError(f"data.files: {patterns} hold no documents: every file is empty")
     builders = {BUILDERS.get(p.suffix) for p in found}
     if None in builders or len(builders) > 1:
-        raise DataError(
+        raise StreamError(
             f"data.files: mix one kind of file (.txt, .jsonl or .parquet), got {sorted({p.suffix for p in found})}"
         )
     return builders.pop(), [str(p) for p in found]
@@ -125,9 +136,9 @@ def open_stream(c: StreamConfig, split: str):
     except DataError:
         raise
     except Exception as e:  # offline, misspelt, no such split: datasets raises many kinds
-        raise DataError(f"data: cannot open {c.where()} split {split!r}: {first_line(e)}") from None
+        raise StreamError(f"data: cannot open {c.where()} split {split!r}: {first_line(e)}") from None
     if ds.column_names is not None and c.text_column not in ds.column_names:
-        raise DataError(f"data.text_column: no column {c.text_column!r} in {c.where()} (has {ds.column_names})")
+        raise StreamError(f"data.text_column: no column {c.text_column!r} in {c.where()} (has {ds.column_names})")
     return ds.select_columns([c.text_column])
 
 
@@ -145,7 +156,7 @@ def tokenized(ds, c: StreamConfig, tokenizer, exclude: frozenset[str] = frozense
 
     def encode(batch: dict) -> dict:
         if c.text_column not in batch:
-            raise DataError(f"data.text_column: no column {c.text_column!r} in {c.where()} (has {list(batch)})")
+            raise StreamError(f"data.text_column: no column {c.text_column!r} in {c.where()} (has {list(batch)})")
         texts = [t for t in batch[c.text_column] if t is not None and doc_hash(t) not in exclude]
         return {"ids": [ids + [tokenizer.eot] for ids in tokenizer.encode_batch(texts)]}
 
@@ -160,8 +171,8 @@ def read_rows(ds, c: StreamConfig, what: str) -> Iterator[dict]:
         raise
     except Exception as e:
         if isinstance(e, UnicodeDecodeError) or isinstance(e.__cause__, UnicodeDecodeError) or "utf-8" in str(e):
-            raise DataError(f"data: {c.where()} ({what}) holds bytes that are not UTF-8 text") from None
-        raise DataError(f"data: cannot read {c.where()} ({what}): {first_line(e)}") from None
+            raise StreamError(f"data: {c.where()} ({what}) holds bytes that are not UTF-8 text") from None
+        raise StreamError(f"data: cannot read {c.where()} ({what}): {first_line(e)}") from None
 
 
 @dataclass
@@ -266,7 +277,7 @@ class PackedStream(IterableDataset):
             if index == 0:  # not one window in a whole pass
                 if next(iter(self.documents(Mark())), None) is None:
                     return  # more readers than shards: this one has no documents
-                raise DataError(
+                raise StreamError(
                     f"data: the training documents of {self.c.where()} give a reader fewer than "
                     f"data.block_size + 1 = {self.c.block_size + 1} tokens"
                 )
@@ -296,11 +307,11 @@ def held_out(c: StreamConfig) -> tuple[np.ndarray, frozenset[str]]:
         if len(tokens) >= c.val_tokens:
             break
     if not tokens:
-        raise DataError(f"data: split {split!r} of {c.where()} is empty")
+        raise StreamError(f"data: split {split!r} of {c.where()} is empty")
     array = np.array(tokens[: c.val_tokens], dtype=np.int32)
     docs = np.array([] if c.val_split else hashes, dtype=str)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.stem}.tmp.npz")
+    tmp = cache.with_name(f".{cache.stem}.{os.getpid()}.tmp.npz")  # ranks may write it at the same time
     np.savez(tmp, tokens=array, docs=docs)
     tmp.replace(cache)
     return array, frozenset(docs.tolist())
