@@ -22,6 +22,10 @@ SAMPLES = [
     "I'm sure you can't, we'll see, they've gone, she'd said, it's 'quoted'",
     "ROMEO:\nBut, soft! what light through yonder window breaks?",
     "a <|endoftext|> inside text is just text",
+    "runs of      spaces,\t\t\ttabs,\n\n\n\nnewlines and trailing blanks   ",
+    "   ",
+    "mixed: naïve café – “quotes” … 2026-11-23 12:34:56.789 +00:00 ¥1,234 €5 ½ Ⅻ ① 𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+    "for (int i = 0; i < n; ++i) { s += a[i] * 0x7f; } // C\nSELECT * FROM t WHERE x <> 'y';",
 ]
 
 
