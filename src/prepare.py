@@ -7,10 +7,10 @@ from omegaconf import DictConfig
 
 from gptlab.cli import exit_on_user_error
 from gptlab.errors import ConfigError
-from gptlab.schema import typed
 from gptlab.streaming import StreamConfig
 from gptlab.token_cache import prepare
 from gptlab.tokenizer import make_tokenizer
+from gptlab.typed_config import typed
 
 log = logging.getLogger("gptlab.prepare")
 
