@@ -5,7 +5,7 @@ ARGS ?=
 # the newest run folder
 CKPT ?= $(lastword $(sort $(wildcard logs/runs/*)))
 
-.PHONY: help install train sweep tb generate serve bench-generate bench-serve bench speedrun test test-slow test-all lint clean
+.PHONY: help install train prepare sweep tb generate serve bench-generate bench-serve bench-data bench speedrun test test-slow test-all lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -15,6 +15,9 @@ install:  ## a virtual environment in .venv with gptlab, its dependencies and th
 
 train:  ## train gpt_small on tinyshakespeare (DATA=path to input.txt, ARGS=more overrides)
 	$(PY) src/train.py model=gpt_small data=tinyshakespeare data.path=$(DATA) $(ARGS)
+
+prepare:  ## pre-tokenize a streamed dataset into a memory-mapped token cache (ARGS: data=openwebtext, ...)
+	$(PY) src/prepare.py $(ARGS)
 
 sweep:  ## a three-run depth sweep, each run in its own folder under logs/multiruns
 	$(PY) src/train.py -m model.n_layer=2,4,8 data.path=$(DATA) $(ARGS)
@@ -51,6 +54,9 @@ test-all:  ## both
 
 lint:  ## ruff
 	$(PY) -m ruff check src tests bench && $(PY) -m ruff format --check src tests bench
+
+bench-data:  ## tokens/s the streamed DataModule delivers (0, 1, 2 workers; token cache) vs gpt_small training
+	$(PY) bench/data.py $(ARGS)
 
 clean:  ## remove caches (never logs/: runs are yours to delete)
 	rm -rf .pytest_cache .ruff_cache src/*.egg-info

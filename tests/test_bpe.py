@@ -6,8 +6,10 @@ import torch
 
 from conftest import FAST, make_config
 from gptlab.bpe import GPT2Tokenizer, gpt2_encoding, official_files
+from gptlab.checkpoint import load_trained
 from gptlab.datamodule import CharDataModule, DataConfig
-from gptlab.errors import DataError
+from gptlab.errors import ConfigError, DataError
+from gptlab.model import GPT, GPTConfig
 from gptlab.tokenizer import tokenizer_from_state
 from gptlab.training import train
 
@@ -20,6 +22,10 @@ SAMPLES = [
     "I'm sure you can't, we'll see, they've gone, she'd said, it's 'quoted'",
     "ROMEO:\nBut, soft! what light through yonder window breaks?",
     "a <|endoftext|> inside text is just text",
+    "runs of      spaces,\t\t\ttabs,\n\n\n\nnewlines and trailing blanks   ",
+    "   ",
+    "mixed: naïve café – “quotes” … 2026-11-23 12:34:56.789 +00:00 ¥1,234 €5 ½ Ⅻ ① 𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+    "for (int i = 0; i < n; ++i) { s += a[i] * 0x7f; } // C\nSELECT * FROM t WHERE x <> 'y';",
 ]
 
 
@@ -65,3 +71,52 @@ def test_training_with_bpe_saves_the_tokenizer_kind(tmp_path, small_corpus):
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["tokenizer"] == {"kind": "gpt2"} and ckpt["hyper_parameters"]["model"]["vocab_size"] == 50257
     assert isinstance(tokenizer_from_state(ckpt["tokenizer"]), GPT2Tokenizer)
+
+
+def test_vocabulary_padded_to_a_multiple_of_64_never_samples_a_padded_id():
+    config = GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=50257, vocab_multiple=64)
+    model = GPT(config)
+    assert config.padded_vocab_size == 50304 and model.transformer.wte.weight.shape == (50304, 8)
+    assert model.lm_head.weight.shape == (50304, 8)
+    with torch.no_grad():  # make every padded id the overwhelming favourite of the raw logits
+        model.lm_head.weight[50257:] = 0.0
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.fill_(1.0)
+        model.lm_head.weight[50257:, :] = 10.0
+    idx = torch.zeros((4, 1), dtype=torch.long)
+    assert model(idx)[0][0, -1].argmax() >= 50257
+    out = model.generate(idx, 30, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert out.max() < 50257
+    assert GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=65).padded_vocab_size == 65
+
+
+def test_padded_vocabulary_trains_and_saves_the_real_size(tmp_path, small_corpus):
+    out = tmp_path / "run"
+    cfg = make_config(
+        [*FAST, f"data.path={small_corpus}", "data.tokenizer=gpt2", "model.vocab_multiple=64", "trainer.max_steps=3"],
+        out,
+    )
+    cfg.trainer.val_check_interval = 3
+    assert train(cfg) > 0
+    model, tokenizer, ckpt = load_trained(out)
+    assert ckpt["hyper_parameters"]["model"]["vocab_size"] == 50257 == tokenizer.vocab_size
+    assert model.transformer.wte.weight.shape[0] == 50304
+    with pytest.raises(ConfigError, match="model.vocab_multiple must be a positive integer"):
+        GPTConfig(vocab_multiple=0)
+
+
+def test_resuming_with_another_tokenizer_is_refused(tmp_path, small_corpus):
+    first = tmp_path / "char"
+    cfg = make_config([*FAST, f"data.path={small_corpus}", "trainer.max_steps=3"], first)
+    cfg.trainer.val_check_interval = 3
+    train(cfg)
+    ckpt = first / "checkpoints" / "last.ckpt"
+    other = tmp_path / "other.txt"  # the same kind of tokenizer over another alphabet: ids would mean other chars
+    other.write_text(small_corpus.read_text().upper())
+    for data, expected in (
+        (["data.tokenizer=gpt2"], "trained with tokenizer char \\(.* symbols\\), this run's data gives gpt2"),
+        ([f"data.path={other}"], "trained with tokenizer char \\(.* symbols\\), this run's data gives char"),
+    ):
+        overrides = [*FAST, f"data.path={small_corpus}", *data, "trainer.max_steps=4", f"ckpt_path={ckpt}"]
+        with pytest.raises(ConfigError, match=expected):
+            train(make_config(overrides, tmp_path / "resumed"))

@@ -132,7 +132,10 @@ def test_streamed_parquet_trains_with_ddp_on_two_cpu_processes(tmp_path, shakesp
     result = run_cli("train.py", *args, f"paths.log_dir={logs}", f"paths.data_dir={tmp_path / 'cache'}")
     assert result.returncode == 0, result.stderr[-2000:]
     [run] = (logs / "runs").iterdir()
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 4
+    [loader] = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert len(loader["ranks"]) == 2 and loader["ranks"][0] != loader["ranks"][1]  # each rank's own position
 
 
 def test_unreachable_hub_dataset_is_one_line(tmp_path):

@@ -12,7 +12,7 @@ from gptlab.flops import flops_per_token, peak_flops
 from gptlab.model import GPT, GPTConfig
 from gptlab.optim import OptimConfig
 from gptlab.optim import build as build_optimizer
-from gptlab.tokenizer import tokenizer_from_state
+from gptlab.tokenizer import check_same_tokenizer, tokenizer_from_state
 
 
 class GPTLitModule(L.LightningModule):
@@ -93,3 +93,9 @@ class GPTLitModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tokenizer"] = self.tokenizer.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # runs before the weights load, so a tokenizer mismatch is named rather than a shape error
+        saved = checkpoint.get("tokenizer", checkpoint.get("hyper_parameters", {}).get("tokenizer"))
+        if saved is not None:
+            check_same_tokenizer(saved, self.tokenizer.state_dict())

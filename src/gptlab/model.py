@@ -31,6 +31,7 @@ class GPTConfig:
     n_embd: int = 128
     block_size: int = 64
     vocab_size: int | None = None  # filled in from the tokenizer, never by hand
+    vocab_multiple: int = 1  # pad the embedding and head up to a multiple of this (64: faster matmuls)
     dropout: float = 0.0
     bias: bool = True  # default for every linear layer and LayerNorm
     attn_bias: bool | None = None  # overrides `bias` for the q/k/v and output projections
@@ -54,6 +55,7 @@ class GPTConfig:
             _check_positive_int("vocab_size", self.vocab_size)
         if self.mlp_hidden is not None:
             _check_positive_int("mlp_hidden", self.mlp_hidden)
+        _check_positive_int("vocab_multiple", self.vocab_multiple)
         if self.n_embd % self.n_head:
             raise ConfigError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
         if not 0.0 <= self.dropout < 1.0:
@@ -74,6 +76,11 @@ class GPTConfig:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding and head: the tokenizer's vocabulary rounded up; the extra ids never occur."""
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
     @property
     def hidden(self) -> int:
@@ -231,7 +238,7 @@ class GPT(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(
             dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
                 **({} if config.rope else {"wpe": nn.Embedding(config.block_size, config.n_embd)}),
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
@@ -239,7 +246,7 @@ class GPT(nn.Module):
             )
         )
         self.rotary = Rotary(config.head_dim, config.rope_base) if config.rope else None
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.transformer.wte.weight
         self.apply(self._init_weights)
@@ -263,6 +270,7 @@ class GPT(nn.Module):
         """Logits for every position; with targets, also the mean cross-entropy (targets of -1 are ignored).
 
         `pos_offset` is the position of idx's first token (non-zero when earlier tokens sit in a KV cache).
+        Logits have padded_vocab_size columns: padded ids are never targets, so training drives them down.
         """
         logits = self.softcap(self.lm_head(self.hidden(idx, pos_offset=pos_offset)))
         if targets is None:
@@ -353,7 +361,8 @@ class GPT(nn.Module):
                 logits = self.next_token_logits(idx[:, -self.config.block_size :], kv)
             else:
                 logits = self.next_token_logits(idx[:, -1:], kv)
-            next_token = sample_next(logits, temperature, top_k, top_p, generator)
+            # only the tokenizer's own ids: a padded id can never be emitted
+            next_token = sample_next(logits[:, : self.config.vocab_size], temperature, top_k, top_p, generator)
             idx = torch.cat((idx, next_token), dim=1)
             yield next_token
 

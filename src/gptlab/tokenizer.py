@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gptlab.errors import DataError
+from gptlab.errors import ConfigError, DataError
 
 
 class CharTokenizer:
@@ -64,3 +64,18 @@ def tokenizer_from_state(state: dict):
     if kind != CharTokenizer.kind:
         raise DataError(f"unknown tokenizer kind {kind!r} in checkpoint")
     return CharTokenizer(state["chars"])
+
+
+def describe(state: dict) -> str:
+    if state.get("kind") == CharTokenizer.kind:
+        return f"char ({len(state.get('chars', ''))} symbols)"
+    return str(state.get("kind"))
+
+
+def check_same_tokenizer(saved: dict, current: dict) -> None:
+    """Resuming with data tokenized another way would train and decode with the wrong vocabulary: refuse it."""
+    if saved != current:
+        raise ConfigError(
+            f"ckpt_path: the checkpoint was trained with tokenizer {describe(saved)}, this run's data gives "
+            f"{describe(current)}: resume with the data and data.tokenizer it was trained on"
+        )
