@@ -39,6 +39,8 @@ class GPTConfig:
     norm: str = "layernorm"
     norm_weight: bool = True  # rmsnorm only: a learned gain, or none at all
     activation: str = "gelu"
+    # weights to start training from: a gptlab checkpoint or run folder, or a Hugging Face GPT-2 folder
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         for key in ("n_layer", "n_head", "n_embd", "block_size"):
