@@ -4,8 +4,10 @@ DATA ?= ../shared/data/tinyshakespeare/input.txt
 ARGS ?=
 # the newest run folder
 CKPT ?= $(lastword $(sort $(wildcard logs/runs/*)))
+OUT ?= $(CKPT)/hf
 
-.PHONY: help install train prepare sweep tb generate serve bench-generate bench-serve bench-data bench speedrun test test-slow test-all lint clean
+.PHONY: help install train prepare sweep tb generate serve evaluate export bench-generate bench-serve bench-data \
+	bench speedrun test test-slow test-all lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -42,6 +44,12 @@ bench-generate:  ## tokens/s with and without the KV cache, gpt_small and gpt2 s
 
 bench-serve:  ## load check: a few hundred mixed requests, 8 clients, against a local server (ARGS=--ckpt ...)
 	$(PY) bench/serve_load.py $(ARGS)
+
+evaluate:  ## loss, perplexity, bits/char on the validation split (CKPT=run folder or .ckpt, default the newest run)
+	$(PY) src/evaluate.py ckpt_path=$(CKPT) data.path=$(DATA) $(ARGS)
+
+export:  ## a run's weights as a Hugging Face GPT-2 folder (CKPT=..., OUT=folder, default $(CKPT)/hf)
+	$(PY) src/export.py ckpt_path=$(CKPT) out_dir=$(OUT) $(ARGS)
 
 test:  ## the fast test suite (a few minutes on 2 cores)
 	$(PY) -m pytest -q -m "not slow"

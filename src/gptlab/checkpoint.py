@@ -1,4 +1,5 @@
-"""Finding and loading trained checkpoints for use outside training (sampling, evaluation, export, serving).
+"""Finding and loading trained weights for use outside training (sampling, evaluation, export, serving) and as
+the starting point of a fine-tuning run: a gptlab checkpoint, a run folder, or a Hugging Face GPT-2 folder.
 
 Checkpoints are read with `torch.load(weights_only=True)` only: they hold plain containers and tensors, and
 nothing in them is ever instantiated as a class.
@@ -6,16 +7,48 @@ nothing in them is ever instantiated as a class.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from gptlab.errors import GptlabError
+from gptlab import hf
+from gptlab.errors import ConfigError, GptlabError
 from gptlab.model import GPT, GPTConfig
 from gptlab.tokenizer import tokenizer_from_state
 
 
-def find_checkpoint(path: str | Path, prefer: str = "best") -> Path:
+@dataclass
+class Pretrained:
+    """Weights with the config and tokenizer they belong to."""
+
+    config: GPTConfig
+    weights: dict[str, torch.Tensor]  # gptlab's parameter names
+    tokenizer: object | None  # None: a Hugging Face folder that does not say which tokenizer its ids belong to
+    source: Path  # the checkpoint file or the folder read
+    raw: dict  # the checkpoint as read, or the folder's config.json
+
+    def model(self, key: str = "ckpt_path") -> GPT:
+        return self.load_into(GPT(self.config), key)
+
+    def load_into(self, model: GPT, key: str = "ckpt_path") -> GPT:
+        expected, given = set(model.state_dict()), set(self.weights)
+        if expected != given:
+            missing, extra = sorted(expected - given), sorted(given - expected)
+            raise GptlabError(f"{key}: {self.source} does not fit the model: missing {missing[:4]}, extra {extra[:4]}")
+        model.load_state_dict(self.weights)
+        return model
+
+    def require_tokenizer(self, key: str = "ckpt_path"):
+        if self.tokenizer is None:
+            raise GptlabError(
+                f"{key}: {self.source} has no {hf.GPTLAB_TOKENIZER} and its vocab_size {self.config.vocab_size} "
+                f"is not GPT-2's {hf.GPT2_VOCAB_SIZE}: the tokenizer its ids belong to is unknown"
+            )
+        return self.tokenizer
+
+
+def find_checkpoint(path: str | Path, prefer: str = "best", key: str = "ckpt_path") -> Path:
     """A .ckpt file as given, or a run folder's checkpoints/<prefer>.ckpt (falling back to the other one)."""
     path = Path(path).expanduser()
     if path.is_file():
@@ -26,28 +59,75 @@ def find_checkpoint(path: str | Path, prefer: str = "best") -> Path:
             for candidate in (path / "checkpoints" / f"{name}.ckpt", path / f"{name}.ckpt"):
                 if candidate.is_file():
                     return candidate
-        raise GptlabError(f"ckpt_path: no checkpoints/{prefer}.ckpt or {other}.ckpt in run folder {path}")
-    raise GptlabError(f"ckpt_path: checkpoint not found: {path}")
+        raise GptlabError(f"{key}: no checkpoints/{prefer}.ckpt or {other}.ckpt in run folder {path}")
+    raise GptlabError(f"{key}: checkpoint not found: {path}")
 
 
-def read_checkpoint(path: Path) -> dict:
+def read_checkpoint(path: Path, key: str = "ckpt_path") -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, corrupt, or not written by gptlab
-        raise GptlabError(f"ckpt_path: cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
+        raise GptlabError(f"{key}: cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
 
 
-def load_trained(path: str | Path, device: str | torch.device = "cpu", prefer: str = "best"):
-    """(model in eval mode, tokenizer, raw checkpoint) from a checkpoint file or a run folder."""
-    ckpt_file = find_checkpoint(path, prefer)
-    ckpt = read_checkpoint(ckpt_file)
+def load_pretrained(path: str | Path, prefer: str = "best", key: str = "ckpt_path") -> Pretrained:
+    """A checkpoint file, a run folder (its best or last checkpoint) or a Hugging Face GPT-2 folder."""
+    if hf.is_hf_folder(path):
+        config, weights, tokenizer = hf.read_folder(path, key)
+        folder = Path(path).expanduser()
+        return Pretrained(config, weights, tokenizer, folder, {"hf_folder": str(folder)})
+    ckpt_file = find_checkpoint(path, prefer, key)
+    ckpt = read_checkpoint(ckpt_file, key)
     try:
         hp = ckpt["hyper_parameters"]
         config = GPTConfig(**hp["model"])
         tokenizer = tokenizer_from_state(ckpt.get("tokenizer", hp["tokenizer"]))
+        state = ckpt["state_dict"]
     except (KeyError, TypeError) as e:
-        raise GptlabError(f"ckpt_path: {ckpt_file} is not a gptlab checkpoint (missing {e})") from None
-    model = GPT(config)
-    weights = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(weights)
-    return model.to(device).eval(), tokenizer, ckpt
+        raise GptlabError(f"{key}: {ckpt_file} is not a gptlab checkpoint (missing {e})") from None
+    weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    return Pretrained(config, weights, tokenizer, ckpt_file, ckpt)
+
+
+def load_trained(path: str | Path, device: str | torch.device = "cpu", prefer: str = "best"):
+    """(model in eval mode, tokenizer, raw checkpoint) from a load_pretrained source ({"hf_folder": …} for HF)."""
+    pretrained = load_pretrained(path, prefer)
+    tokenizer = pretrained.require_tokenizer()
+    return pretrained.model().to(device).eval(), tokenizer, pretrained.raw
+
+
+def architecture(config: GPTConfig) -> dict:
+    """What fixes the weights' shapes and the function they compute, with defaults spelled out."""
+    return {
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_embd": config.n_embd,
+        "block_size": config.block_size,
+        "vocab_size": config.vocab_size,
+        "mlp_hidden": config.hidden,
+        "attn_bias": config.bias if config.attn_bias is None else config.attn_bias,
+        "mlp_bias": config.bias if config.mlp_bias is None else config.mlp_bias,
+        "norm_bias": config.bias if config.norm == "layernorm" else False,
+        "tie_weights": config.tie_weights,
+        "norm": config.norm,
+        "norm_weight": config.norm_weight,
+        "activation": config.activation,
+    }
+
+
+def check_matches(pretrained: Pretrained, wanted: GPTConfig | None, tokenizer: str | None, key: str) -> None:
+    """Refuse, in one line naming every differing key, weights whose model or tokenizer the config does not ask for.
+
+    `wanted.vocab_size` unset (it comes from the tokenizer) and a `tokenizer` of None are not compared.
+    """
+    differ = []
+    if tokenizer is not None and pretrained.tokenizer is not None and pretrained.tokenizer.kind != tokenizer:
+        differ.append(f"data.tokenizer={tokenizer!r} (weights: {pretrained.tokenizer.kind!r})")
+    if wanted is not None:
+        have, want = architecture(pretrained.config), architecture(wanted)
+        for name, value in want.items():
+            if have[name] != value and not (name == "vocab_size" and value is None):
+                shown = "model.bias" if name == "norm_bias" else f"model.{name}"
+                differ.append(f"{shown}={value!r} (weights: {have[name]!r})")
+    if differ:
+        raise ConfigError(f"{key}: {pretrained.source} differs from the config: {', '.join(differ)}")

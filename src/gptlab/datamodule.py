@@ -81,10 +81,11 @@ def validation_windows(tokens: torch.Tensor, block_size: int) -> Windows:
 
 
 class CharDataModule(L.LightningDataModule):
-    def __init__(self, config: DataConfig):
+    def __init__(self, config: DataConfig, tokenizer=None):
         super().__init__()
         self.config = config
-        self.tokenizer: CharTokenizer | None = None  # or GPT2Tokenizer
+        # given: the tokenizer of the weights being evaluated or fine-tuned; else built from the corpus
+        self.tokenizer: CharTokenizer | None = tokenizer  # or GPT2Tokenizer
         self.train_tokens: torch.Tensor | None = None
         self.val_tokens: torch.Tensor | None = None
 
@@ -93,13 +94,16 @@ class CharDataModule(L.LightningDataModule):
         locate(c.path, c.url, c.sha256, c.cache_dir)  # downloads once, on one process
 
     def setup(self, stage: str | None = None) -> None:
-        if self.tokenizer is not None:
+        if self.val_tokens is not None:
             return
         c = self.config
         path = locate(c.path, c.url, c.sha256, c.cache_dir)
         text = read_text(path)
-        self.tokenizer = make_tokenizer(c.tokenizer, text)
-        tokens = torch.tensor(self.tokenizer.encode(text), dtype=torch.int32)
+        self.tokenizer = self.tokenizer or make_tokenizer(c.tokenizer, text)
+        try:
+            tokens = torch.tensor(self.tokenizer.encode(text), dtype=torch.int32)
+        except DataError as e:  # a given char vocabulary that lacks some of the corpus's characters
+            raise DataError(f"data.path: {path}: {e}") from None
         n_train = int(len(tokens) * (1 - c.val_fraction))  # first 90% / last 10%, as nanoGPT splits
         self.train_tokens, self.val_tokens = tokens[:n_train], tokens[n_train:]
         for split, part in (("train", self.train_tokens), ("val", self.val_tokens)):

@@ -47,6 +47,8 @@ class GPTConfig:
     zero_init: bool = False  # output projections of attention and MLP start at zero: each block starts as identity
     logit_softcap: float | None = None  # logits -> cap * tanh(logits / cap)
     compile: bool = False  # torch.compile the model for training (not part of the architecture)
+    # weights to start training from: a gptlab checkpoint or run folder, or a Hugging Face GPT-2 folder
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         for key in ("n_layer", "n_head", "n_embd", "block_size"):

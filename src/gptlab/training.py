@@ -13,11 +13,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gptlab.callbacks import flatten, log_hparams, markdown_table
-from gptlab.datamodule import CharDataModule
+from gptlab.checkpoint import Pretrained, check_matches, load_pretrained
+from gptlab.datamodule import CharDataModule, DataConfig
 from gptlab.lit_module import GPTLitModule
 from gptlab.precision import resolve_precision
 from gptlab.sampling import sample_text
-from gptlab.schema import validate
+from gptlab.schema import RunConfig, validate
 from gptlab.streaming import StreamConfig, StreamDataModule
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
     `extra_callbacks` join the configured ones (bench/train.py times steps through one).
     """
     run = validate(cfg)  # every config error surfaces here, before data or model load
+    init = pretrained_start(run)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
@@ -38,11 +40,14 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-    datamodule = StreamDataModule(run.data) if isinstance(run.data, StreamConfig) else CharDataModule(run.data)
+    datamodule = make_datamodule(run.data, init.tokenizer if init else None)
     datamodule.prepare_data()
     datamodule.setup("fit")
     run.model.vocab_size = datamodule.tokenizer.vocab_size
     module = GPTLitModule(model=asdict(run.model), optim=asdict(run.optim), tokenizer=datamodule.tokenizer.state_dict())
+    if init is not None and run.ckpt_path is None:  # a resumed run restores its own weights instead
+        init.load_into(module.model, "model.init_from")
+        log.info("initialised from %s", init.source)
 
     callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     callbacks += extra_callbacks or []
@@ -66,3 +71,18 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
         if val_loss is not None:
             log.info("final val/loss %.4f (ppl %.2f); run folder: %s", val_loss, val_loss.exp(), output_dir)
     return None if val_loss is None else float(val_loss)
+
+
+def pretrained_start(run: RunConfig) -> Pretrained | None:
+    """The weights model.init_from names, refused before any data is read unless their shape and tokenizer fit."""
+    if not run.model.init_from:
+        return None
+    init = load_pretrained(run.model.init_from, key="model.init_from")
+    init.require_tokenizer("model.init_from")
+    check_matches(init, run.model, run.data.tokenizer, "model.init_from")
+    return init
+
+
+def make_datamodule(data: DataConfig | StreamConfig, tokenizer=None):
+    """A given tokenizer (of weights to evaluate or fine-tune) keeps their token ids; else the data's own."""
+    return StreamDataModule(data) if isinstance(data, StreamConfig) else CharDataModule(data, tokenizer)

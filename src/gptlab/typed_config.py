@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -16,3 +18,13 @@ def typed(cfg: DictConfig, key: str | None, schema: type):
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
     except OmegaConfBaseException as e:
         raise ConfigError(f"{e.full_key if key is None else f'{key}.{e.full_key}'}: {str(e).splitlines()[0]}") from None
+
+
+def typed_top(cfg: DictConfig, schema: type):
+    """The top-level keys an entry point's own `schema` names (ckpt_path, out_dir, ...), validated like `typed`."""
+    names = [f.name for f in fields(schema)]
+    try:
+        values = OmegaConf.to_container(OmegaConf.masked_copy(cfg, names), resolve=True, throw_on_missing=True)
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{e.full_key}: {str(e).splitlines()[0]}") from None

@@ -1,0 +1,22 @@
+"""Evaluate trained weights: `python src/evaluate.py ckpt_path=<run folder or .ckpt> data=tinyshakespeare`.
+
+Prints loss, perplexity, bits per token, character and byte, and the number of tokens predicted, for the data's
+validation split or for a whole `text_file=...` (see conf/evaluate.yaml and gptlab/evaluation.py).
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from gptlab.cli import exit_on_user_error
+from gptlab.evaluation import evaluate
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    with exit_on_user_error():
+        scores = evaluate(cfg)
+        print(scores.to_json() if cfg.format == "json" else scores.to_text(), flush=True)
+
+
+if __name__ == "__main__":
+    main()

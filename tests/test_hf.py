@@ -1,0 +1,238 @@
+"""GPT-2 weights in and out of the Hugging Face format, checked against transformers' own GPT2LMHeadModel."""
+
+import json
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+from conftest import FAST, make_config, run_cli
+from gptlab import hf
+from gptlab.bpe import GPT2Tokenizer
+from gptlab.checkpoint import load_pretrained, load_trained
+from gptlab.errors import ConfigError, GptlabError
+from gptlab.model import GPT, GPTConfig
+from gptlab.tokenizer import CharTokenizer
+from gptlab.training import train
+from tb import scalars
+
+SHAPE = dict(n_layer=2, n_head=2, n_embd=32)
+SMALL_GPT2 = ["model=gpt2", "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32"]
+
+
+def shuffled(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random values in every parameter (biases and norm gains too), so no mapping error can hide behind 0 or 1."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2 + (1.0 if p.dim() == 1 else 0.0))
+    return model.eval()
+
+
+def hf_model(vocab_size: int = 50, n_positions: int = 16) -> GPT2LMHeadModel:
+    return shuffled(GPT2LMHeadModel(GPT2Config(**SHAPE, n_positions=n_positions, vocab_size=vocab_size)))
+
+
+def gptlab_model(**changes) -> GPT:
+    torch.manual_seed(0)
+    return shuffled(GPT(GPTConfig(**SHAPE, block_size=16, vocab_size=50, **changes)))
+
+
+def same_logits(ours: GPT, theirs: GPT2LMHeadModel, vocab_size: int = 50) -> None:
+    idx = torch.randint(0, vocab_size, (3, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(idx)[0], theirs.eval()(idx).logits, atol=1e-5, rtol=0)
+
+
+def save_bin(model: GPT2LMHeadModel, folder, hub_names: bool) -> None:
+    """pytorch_model.bin as older save_pretrained wrote it; `hub_names`: GPT2Model's names and mask buffers, as in
+    the original OpenAI upload (h.0.attn.c_attn.weight, h.0.attn.bias, no lm_head)."""
+    model.config.save_pretrained(folder)
+    state = model.state_dict()
+    if hub_names:
+        state = {k.removeprefix("transformer."): v for k, v in state.items() if k != "lm_head.weight"}
+        for i in range(model.config.n_layer):
+            state[f"h.{i}.attn.bias"] = torch.tril(torch.ones(16, 16)).view(1, 1, 16, 16)
+            state[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    torch.save(state, folder / "pytorch_model.bin")
+
+
+@pytest.mark.parametrize("layout", ["safetensors", "bin", "bin_hub_names"])
+def test_hf_weights_load_with_the_same_logits(tmp_path, layout):
+    theirs = hf_model()
+    if layout == "safetensors":
+        theirs.save_pretrained(tmp_path)
+    else:
+        save_bin(theirs, tmp_path, hub_names=layout == "bin_hub_names")
+    assert (tmp_path / ("model.safetensors" if layout == "safetensors" else "pytorch_model.bin")).is_file()
+    weights = load_pretrained(tmp_path)
+    assert weights.config.block_size == 16 and weights.config.vocab_size == 50 and weights.config.tie_weights
+    assert weights.tokenizer is None  # a vocabulary of 50 is not GPT-2's: its tokenizer is unknown
+    same_logits(weights.model(), theirs)
+
+
+def test_export_loads_in_transformers_with_the_same_logits(tmp_path):
+    ours = gptlab_model()
+    out = hf.export(ours.config, ours.state_dict(), CharTokenizer("abcdefghij" * 5), tmp_path / "export")
+    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "gptlab_tokenizer.json"}
+    theirs = GPT2LMHeadModel.from_pretrained(out).eval()
+    same_logits(ours, theirs)
+    config = json.loads((out / "config.json").read_text())
+    assert config["vocab_size"] == 50 and config["n_positions"] == 16 and config["bos_token_id"] is None
+    # and back: the same tensors, the char tokenizer with them
+    back = load_pretrained(out)
+    assert back.tokenizer.chars == "abcdefghij" * 5
+    for name, tensor in ours.state_dict().items():
+        assert torch.equal(back.weights[name], tensor), name
+
+
+def test_bpe_export_carries_gpt2_tokenizer_files(tmp_path):
+    ours = shuffled(GPT(GPTConfig(**SHAPE, block_size=16, vocab_size=50257)))
+    out = hf.export(ours.config, ours.state_dict(), GPT2Tokenizer(), tmp_path / "bpe")
+    text = "ROMEO: Wherefore art thou, Romeo? 1,234 naïve"
+    assert GPT2TokenizerFast.from_pretrained(out).encode(text) == GPT2Tokenizer().encode(text)
+    assert json.loads((out / "config.json").read_text())["eos_token_id"] == 50256
+    same_logits(ours, GPT2LMHeadModel.from_pretrained(out).eval(), vocab_size=50257)
+    assert load_trained(out)[1].kind == "gpt2"
+
+
+def test_a_padded_vocabulary_exports_its_real_rows_only(tmp_path):
+    ours = shuffled(GPT(GPTConfig(**SHAPE, block_size=16, vocab_size=50, vocab_multiple=64)))
+    assert ours.transformer.wte.weight.shape[0] == 64
+    out = hf.export(ours.config, ours.state_dict(), CharTokenizer("abcdefghij" * 5), tmp_path / "padded")
+    theirs = GPT2LMHeadModel.from_pretrained(out).eval()
+    assert theirs.transformer.wte.weight.shape[0] == 50
+    idx = torch.randint(0, 50, (3, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(idx)[0][..., :50], theirs(idx).logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        (dict(norm="rmsnorm"), "model.norm='rmsnorm'"),
+        (dict(activation="relu2"), "model.activation='relu2'"),
+        (dict(bias=False), "model.bias=False"),
+        (dict(tie_weights=False), "model.tie_weights=False"),
+        (dict(attn_bias=False), "model.attn_bias=False"),
+        (dict(rope=True), "model.rope=True"),
+        (dict(qk_norm=True), "model.qk_norm=True"),
+        (dict(logit_softcap=15.0), "model.logit_softcap=15.0"),
+    ],
+)
+def test_export_refuses_what_gpt2_cannot_express(tmp_path, changes, field):
+    model = GPT(GPTConfig(**SHAPE, block_size=16, vocab_size=50, **changes))
+    with pytest.raises(ConfigError, match="GPT-2 cannot express") as e:
+        hf.export(model.config, model.state_dict(), CharTokenizer("ab"), tmp_path / "out")
+    assert field in str(e.value)
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even the folder
+
+
+@pytest.mark.parametrize(
+    "key, value", [("activation_function", "gelu"), ("layer_norm_epsilon", 1e-6), ("scale_attn_weights", False)]
+)
+def test_import_refuses_a_gpt2_config_gptlab_computes_differently(tmp_path, key, value):
+    hf_model().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, key: value}))
+    with pytest.raises(ConfigError, match=f"{key}={value!r}"):
+        load_pretrained(tmp_path)
+
+
+def test_a_folder_without_a_known_tokenizer_is_refused_for_use(tmp_path):
+    hf_model().save_pretrained(tmp_path)
+    with pytest.raises(GptlabError, match="the tokenizer its ids belong to is unknown"):
+        load_trained(tmp_path)
+
+
+# --- fine-tuning: model.init_from --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gpt2_folder(tmp_path_factory):
+    """A small GPT-2 with GPT-2's vocabulary, as save_pretrained writes it: its tokenizer is GPT-2's BPE."""
+    folder = tmp_path_factory.mktemp("hf") / "gpt2-small-test"
+    hf_model(vocab_size=50257, n_positions=32).save_pretrained(folder)
+    return folder
+
+
+def test_finetune_starts_from_hf_weights_with_a_constant_small_lr(tmp_path, small_corpus, gpt2_folder):
+    out = tmp_path / "run"
+    cfg = make_config(
+        [
+            *(o for o in FAST if not o.startswith("optim.")),  # the experiment's own schedule
+            "experiment=finetune_gpt2",
+            *SMALL_GPT2,
+            f"model.init_from={gpt2_folder}",
+            f"data.path={small_corpus}",
+            "data.block_size=32",
+            "trainer.max_steps=3",
+            "trainer.val_check_interval=3",
+        ],
+        out,
+    )
+    assert train(cfg) is not None
+    assert [v for _, v in scalars(out, "train/lr")] == pytest.approx([3e-5] * 3)
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["tokenizer"] == {"kind": "gpt2"}
+    start = load_pretrained(gpt2_folder).weights
+    for name, tensor in start.items():
+        # three Adam steps of 3e-5 move each weight by about 1e-4; a fresh initialisation differs by ~0.2
+        assert (ckpt["state_dict"][f"model.{name}"] - tensor).abs().max() < 5e-4, name
+
+
+def test_finetune_from_a_char_checkpoint_keeps_its_vocabulary(tmp_path, shakespeare):
+    first = shakespeare.read_text()[:20_000]
+    (tmp_path / "a.txt").write_text(first)
+    (tmp_path / "b.txt").write_text(first[:3_000].lower())  # fewer distinct characters: its own vocab would differ
+    base = tmp_path / "base"
+    steps = ["trainer.max_steps=3", "trainer.val_check_interval=3"]
+    train(make_config([*FAST, f"data.path={tmp_path / 'a.txt'}", *steps], base))
+    tuned = tmp_path / "tuned"
+    train(make_config([*FAST, f"data.path={tmp_path / 'b.txt'}", f"model.init_from={base}", *steps], tuned))
+    chars = lambda run: torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["tokenizer"]["chars"]  # noqa: E731
+    assert chars(tuned) == chars(base) != "".join(sorted(set(first[:3_000].lower())))
+
+
+def test_init_from_refusals_name_the_differing_keys(tmp_path, small_corpus, gpt2_folder):
+    logs = [f"paths.log_dir={tmp_path / 'logs'}"]
+    shape = run_cli(
+        "train.py",
+        *FAST,
+        *logs,
+        f"data.path={small_corpus}",
+        *SMALL_GPT2,
+        "model.n_layer=3",
+        f"model.init_from={gpt2_folder}",
+    )
+    assert shape.returncode == 1 and "Traceback" not in shape.stderr
+    last = shape.stderr.strip().splitlines()[-1]
+    assert f"error: model.init_from: {gpt2_folder} differs from the config: " in last
+    assert "data.tokenizer='char' (weights: 'gpt2')" in last and "model.n_layer=3 (weights: 2)" in last
+
+    base = tmp_path / "base"
+    train(
+        make_config([*FAST, f"data.path={small_corpus}", "trainer.max_steps=3", "trainer.val_check_interval=3"], base)
+    )
+    odd = tmp_path / "odd.txt"
+    odd.write_text("ROMEO: ~~~ {curly} and ünïcode " * 200)
+    vocab = run_cli("train.py", *FAST, *logs, f"data.path={odd}", f"model.init_from={base}")
+    assert vocab.returncode == 1 and "Traceback" not in vocab.stderr
+    last = vocab.stderr.strip().splitlines()[-1]
+    assert f"error: data.path: {odd}: characters outside the tokenizer's vocabulary: " in last
+
+
+def test_export_cli_writes_once_and_never_overwrites(tmp_path, small_corpus):
+    run = tmp_path / "run"
+    train(make_config([*FAST, f"data.path={small_corpus}", "trainer.max_steps=3", "trainer.val_check_interval=3"], run))
+    out = tmp_path / "exported"
+    first = run_cli("export.py", f"ckpt_path={run}", f"out_dir={out}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "exported" in first.stdout
+    model, tokenizer, _ = load_trained(run)
+    same_logits(model, GPT2LMHeadModel.from_pretrained(out).eval(), vocab_size=tokenizer.vocab_size)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    again = run_cli("export.py", f"ckpt_path={run}", f"out_dir={out}")
+    assert again.returncode == 1
+    assert again.stderr.strip() == f"error: out_dir: {out} exists and is not an empty folder: refusing to overwrite it"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
