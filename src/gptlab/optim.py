@@ -20,6 +20,7 @@ class OptimConfig:
     warmup_steps: int = 100
     min_lr: float = 1e-4  # the cosine ends here
     fused: bool | None = None  # None: torch picks (fused kernels need a GPU to pay off)
+    max_bad_steps: int = 5  # stop after this many optimizer steps in a row with a non-finite loss or gradient
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -30,6 +31,8 @@ class OptimConfig:
             raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
         if self.warmup_steps < 0:
             raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.max_bad_steps < 1:
+            raise ConfigError(f"optim.max_bad_steps must be >= 1, got {self.max_bad_steps}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {list(self.betas)}")
 

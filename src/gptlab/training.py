@@ -12,8 +12,11 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from gptlab.callbacks import flatten, log_hparams, markdown_table
+from gptlab.checkpoint import check_compatible, remove_stray_temps, resume_checkpoint
 from gptlab.datamodule import CharDataModule
+from gptlab.errors import ConfigError
 from gptlab.lit_module import GPTLitModule
+from gptlab.reliability import Interruptions, RNGState, plugins
 from gptlab.sampling import sample_text
 from gptlab.schema import validate
 from gptlab.streaming import StreamConfig, StreamDataModule
@@ -28,27 +31,37 @@ def train(cfg: DictConfig) -> float | None:
     run = validate(cfg)  # every config error surfaces here, before data or model load
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    ckpt_file, ckpt = resume_checkpoint(run.ckpt_path) if run.ckpt_path else (None, None)
     if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
+        refuse_to_overwrite(output_dir, ckpt_file)
         log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-    datamodule = StreamDataModule(run.data) if isinstance(run.data, StreamConfig) else CharDataModule(run.data)
+    datamodule = (
+        StreamDataModule(run.data) if isinstance(run.data, StreamConfig) else CharDataModule(run.data, seed=cfg.seed)
+    )
     datamodule.prepare_data()
     datamodule.setup("fit")
     run.model.vocab_size = datamodule.tokenizer.vocab_size
+    if ckpt is not None:  # before any weight is loaded: same shapes, same tokenizer, or a clear refusal
+        check_compatible(ckpt, ckpt_file, asdict(run.model), datamodule.tokenizer.state_dict())
+        del ckpt
     module = GPTLitModule(model=asdict(run.model), optim=asdict(run.optim), tokenizer=datamodule.tokenizer.state_dict())
 
     callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    callbacks += [RNGState(), Interruptions(output_dir / "checkpoints", run.reliability.stop_at_step)]
     loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins(run.reliability)
+    )
 
     if trainer.is_global_zero:
         log.info("parameters:\n%s", markdown_table(module.model.parameter_breakdown()))
         datamodule.tokenizer.save(output_dir / "tokenizer.json")
         log_hparams(trainer.loggers, flatten(OmegaConf.to_container(cfg, resolve=True)), ["val/loss", "val/ppl"])
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=run.ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_file)
 
     val_loss = trainer.callback_metrics.get("val/loss")
     if trainer.is_global_zero:
@@ -57,3 +70,12 @@ def train(cfg: DictConfig) -> float | None:
         if val_loss is not None:
             log.info("final val/loss %.4f (ppl %.2f); run folder: %s", val_loss, val_loss.exp(), output_dir)
     return None if val_loss is None else float(val_loss)
+
+
+def refuse_to_overwrite(output_dir: Path, ckpt_file: Path | None) -> None:
+    """Only a run resuming from its own checkpoint may write into a folder that already holds a run."""
+    resuming_here = ckpt_file is not None and output_dir.resolve() in ckpt_file.resolve().parents
+    if (output_dir / "config.yaml").exists() and not resuming_here:
+        raise ConfigError(f"paths.output_dir: {output_dir} already holds a run; continue it with resume={output_dir}")
+    if resuming_here:
+        remove_stray_temps(output_dir / "checkpoints")
