@@ -115,7 +115,7 @@ class Interruptions(L.Callback):
             self._stop(trainer, 128 + signal.SIGTERM)
 
     def _stop(self, trainer: L.Trainer, status: int) -> None:
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full state, to resume from
         why = (
             f"signal {signal.Signals(status - 128).name}" if status else f"reliability.stop_at_step={self.stop_at_step}"
         )

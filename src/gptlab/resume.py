@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 
 import yaml
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 
 from gptlab.errors import ConfigError, GptlabError
 
@@ -22,6 +24,7 @@ def prepare_argv(argv: list[str]) -> list[str]:
     resume = [a.split("=", 1)[1] for a in argv if a.startswith("resume=")]
     rest = [a for a in argv if not a.startswith("resume=")]
     check_group_options(rest)
+    check_overrides(rest)
     if not resume:
         check_run_dir_is_free(rest)
         return rest
@@ -50,6 +53,23 @@ def check_group_options(argv: list[str]) -> None:
         for option in value.split(","):  # a sweep lists several
             if option not in known and option != "null":
                 raise ConfigError(f"{key.lstrip('+~')}: unknown option {option!r} (one of: {', '.join(known)})")
+
+
+def check_overrides(argv: list[str]) -> None:
+    """A typo'd key (`model.n_layr=2`) in one line naming it, rather than Hydra's error block.
+
+    Composes the config once more for a plain single run (sweeps and flags like --cfg are left to Hydra).
+    """
+    if any(a.startswith("-") or "," in a for a in argv):
+        return
+    overrides = [a for a in argv if not a.lstrip("+~").startswith("hydra.")]
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            compose("train", overrides=overrides)
+    except HydraException as e:
+        if key := getattr(e.__cause__, "full_key", None):
+            raise ConfigError(f"{key}: no such config key ({str(e.__cause__).splitlines()[0]})") from None
+        raise ConfigError(f"overrides: {str(e).splitlines()[0]}") from None
 
 
 def check_run_dir_is_free(argv: list[str]) -> None:
