@@ -82,6 +82,8 @@ class Interruptions(L.Callback):
         self.path = Path(dirpath) / "last.ckpt"
         self.stop_at_step = stop_at_step
         self.signum: int | None = None
+        self.status: int | None = None  # set once stopped: 0, or 128 + the signal
+        self.step = 0
         self._previous_sigint = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -106,27 +108,37 @@ class Interruptions(L.Callback):
             signum = torch.tensor([self.signum or 0], device=pl_module.device)
             self.signum = int(trainer.strategy.reduce(signum, reduce_op="max").item()) or None
         step_reached = self.stop_at_step is not None and trainer.global_step >= self.stop_at_step
-        if (self.signum or step_reached) and not trainer.fit_loop.epoch_loop._should_accumulate():
-            self._stop(trainer, 128 + self.signum if self.signum else 0)
+        if (
+            (self.signum or step_reached)
+            and self.status is None
+            and not trainer.fit_loop.epoch_loop._should_accumulate()
+        ):
+            # where Lightning's own ModelCheckpoint saves; the step's metrics are still logged after this hook
+            self._save(trainer, 128 + self.signum if self.signum else 0)
+            trainer.should_stop = True
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore_sigint()
-        if isinstance(exception, SIGTERMException):  # DDP: Lightning stopped every rank at a step's start
-            self._stop(trainer, 128 + signal.SIGTERM)
+        if isinstance(exception, SIGTERMException) and self.status is None:  # DDP: all ranks stop at a step start
+            self._save(trainer, 128 + signal.SIGTERM)
 
-    def _stop(self, trainer: L.Trainer, status: int) -> None:
+    def _save(self, trainer: L.Trainer, status: int) -> None:
         trainer.save_checkpoint(self.path, weights_only=False)  # the full state, to resume from
-        why = (
-            f"signal {signal.Signals(status - 128).name}" if status else f"reliability.stop_at_step={self.stop_at_step}"
-        )
+        self.status, self.step = status, trainer.global_step
+
+    def exit_if_stopped(self) -> None:
+        """After fit: a stopped run ends here, with its status, and without the final sample."""
+        if self.status is None:
+            return
+        why = f"signal {signal.Signals(self.status - 128).name}" if self.status else "reliability.stop_at_step"
         log.warning(
             "stopped by %s after step %d; checkpoint %s; continue with: python src/train.py resume=%s",
-            why,
-            trainer.global_step,
+            why if self.status else f"{why}={self.stop_at_step}",
+            self.step,
             self.path,
             self.path.parent.parent,
         )
-        raise Stopped(status)
+        raise Stopped(self.status)
 
 
 def plugins(config: ReliabilityConfig) -> list:

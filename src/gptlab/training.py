@@ -9,6 +9,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from gptlab.callbacks import flatten, log_hparams, markdown_table
@@ -50,7 +51,8 @@ def train(cfg: DictConfig) -> float | None:
     module = GPTLitModule(model=asdict(run.model), optim=asdict(run.optim), tokenizer=datamodule.tokenizer.state_dict())
 
     callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
-    callbacks += [RNGState(), Interruptions(output_dir / "checkpoints", run.reliability.stop_at_step)]
+    interruptions = Interruptions(output_dir / "checkpoints", run.reliability.stop_at_step)
+    callbacks += [RNGState(), interruptions]
     loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins(run.reliability)
@@ -61,7 +63,11 @@ def train(cfg: DictConfig) -> float | None:
         datamodule.tokenizer.save(output_dir / "tokenizer.json")
         log_hparams(trainer.loggers, flatten(OmegaConf.to_container(cfg, resolve=True)), ["val/loss", "val/ppl"])
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_file)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_file)
+    except SIGTERMException:
+        pass  # Lightning's way to stop every rank on SIGTERM; the checkpoint is written, exit below says so
+    interruptions.exit_if_stopped()
 
     val_loss = trainer.callback_metrics.get("val/loss")
     if trainer.is_global_zero:
