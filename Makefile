@@ -3,7 +3,7 @@ PY := $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 DATA ?= ../shared/data/tinyshakespeare/input.txt
 ARGS ?=
 
-.PHONY: help install train sweep tb test test-slow test-all lint clean
+.PHONY: help install train resume sweep tb test test-slow test-all lint bench-nan-guard clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -13,6 +13,9 @@ install:  ## a virtual environment in .venv with gptlab, its dependencies and th
 
 train:  ## train gpt_small on tinyshakespeare (DATA=path to input.txt, ARGS=more overrides)
 	$(PY) src/train.py model=gpt_small data=tinyshakespeare data.path=$(DATA) $(ARGS)
+
+resume:  ## continue a stopped run in its own folder: make resume RUN=logs/runs/<run>
+	$(PY) src/train.py resume=$(RUN) $(ARGS)
 
 sweep:  ## a three-run depth sweep, each run in its own folder under logs/multiruns
 	$(PY) src/train.py -m model.n_layer=2,4,8 data.path=$(DATA) $(ARGS)
@@ -30,7 +33,10 @@ test-all:  ## both
 	$(PY) -m pytest -q
 
 lint:  ## ruff
-	$(PY) -m ruff check src tests && $(PY) -m ruff format --check src tests
+	$(PY) -m ruff check src tests bench && $(PY) -m ruff format --check src tests bench
+
+bench-nan-guard:  ## what the non-finite loss/gradient guard costs per optimizer step (gpt_small, CPU)
+	$(PY) bench/nan_guard.py $(ARGS)
 
 clean:  ## remove caches (never logs/: runs are yours to delete)
 	rm -rf .pytest_cache .ruff_cache src/*.egg-info

@@ -1,9 +1,15 @@
 """Exact resume, as real processes: a run stopped and resumed ends bit-identical to one that never stopped."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from tb import scalars
 
 # 2,000 characters, batch 32, block 32: a pass over the training windows is 55 steps; 75 steps cross it
@@ -87,3 +93,52 @@ def test_stopped_and_resumed_run_is_bit_identical(tmp_path, corpus, reference, s
     train(logs, corpus, f"resume={run}")
     assert only_run(logs) == run  # the same folder, its curves continued
     assert_identical(run, reference)
+
+
+def start(logs, corpus):
+    cmd = [sys.executable, str(ROOT / "src" / "train.py"), *ARGS, f"data.path={corpus}", f"paths.log_dir={logs}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_saves_the_current_step_exits_nonzero_and_resumes_exactly(tmp_path, corpus, reference, signum, status):
+    logs = tmp_path / "logs"
+    process = start(logs, corpus)
+    deadline = time.monotonic() + 600
+    while not list(logs.glob("runs/*/checkpoints/best.ckpt")):  # under way: the first validation has saved
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
+        time.sleep(0.05)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == status, stderr[-2000:]
+    run = only_run(logs)
+    step = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 25 <= step < 75  # the step it was at, not the last validation's
+    assert f"stopped by signal {signal.Signals(signum).name} after step {step}" in stderr
+    assert "--- sample from the final model ---" not in stderr
+
+    train(logs, corpus, f"resume={run}")
+    assert_identical(run, reference)
+
+
+def test_resuming_a_run_without_a_checkpoint_is_an_error(tmp_path):
+    run = tmp_path / "logs" / "runs" / "crashed"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- model=gpt_nano\n")
+    result = run_cli("train.py", f"resume={run}")
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: resume: no checkpoint in {run / 'checkpoints'}: nothing to resume"
+    assert sorted(p.name for p in run.rglob("*")) == [".hydra", "overrides.yaml"]  # and nothing written
+
+
+def test_a_new_run_never_writes_into_an_existing_run(tmp_path, small_corpus):
+    run = tmp_path / "logs" / "runs" / "earlier"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("precious")
+    result = run_cli("train.py", "model=gpt_nano", f"data.path={small_corpus}", f"hydra.run.dir={run}")
+    assert result.returncode == 1
+    assert f"error: hydra.run.dir: {run} already holds a run; resume it with resume={run}" in result.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml"]
+    assert (run / "config.yaml").read_text() == "precious"

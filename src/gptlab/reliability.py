@@ -117,6 +117,10 @@ class Interruptions(L.Callback):
             self._save(trainer, 128 + self.signum if self.signum else 0)
             trainer.should_stop = True
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # before ModelCheckpoint's on_train_end, which would overwrite last.ckpt with an epoch-ended state
+        self.exit_if_stopped()
+
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore_sigint()
         if isinstance(exception, SIGTERMException) and self.status is None:  # DDP: all ranks stop at a step start
@@ -127,7 +131,7 @@ class Interruptions(L.Callback):
         self.status, self.step = status, trainer.global_step
 
     def exit_if_stopped(self) -> None:
-        """After fit: a stopped run ends here, with its status, and without the final sample."""
+        """A stopped run ends here, with its status, and without the final sample."""
         if self.status is None:
             return
         why = f"signal {signal.Signals(self.status - 128).name}" if self.status else "reliability.stop_at_step"
