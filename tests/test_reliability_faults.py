@@ -1,5 +1,6 @@
 """Numerical faults, atomic and safe checkpoints: what a crash, a NaN or a bad file can and cannot do to a run."""
 
+import argparse
 import logging
 import os
 import signal
@@ -138,14 +139,14 @@ def test_a_run_with_no_checkpoint_cannot_be_resumed(tmp_path):
 
 def test_a_checkpoint_holding_code_is_refused(tmp_path):
     path = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": {}, "payload": logging.Logger("x")}, path)  # an arbitrary class: unpickling runs code
+    torch.save({"state_dict": {}, "payload": argparse.Namespace(x=1)}, path)  # any class: unpickling may run code
     with pytest.raises(GptlabError, match=f"cannot read checkpoint {path}"):
         resume_checkpoint(path)
 
 
 @pytest.fixture
 def trained(tmp_path, small_corpus):
-    _, out = fit(tmp_path, small_corpus, "trainer.max_steps=2", "trainer.val_check_interval=2", name="trained")
+    _, out = fit(tmp_path, small_corpus, "trainer.max_steps=4", "trainer.val_check_interval=2", name="trained")
     return out / "checkpoints" / "last.ckpt"
 
 

@@ -77,8 +77,13 @@ def reference(tmp_path_factory, corpus):
 
 @pytest.mark.parametrize(
     "stop, workers",
-    [(20, 0), (STEPS_PER_PASS, 0), pytest.param(33, 2, marks=pytest.mark.slow)],
-    ids=["mid-data", "end-of-pass", "mid-data-2-workers"],
+    [
+        (20, 0),
+        (STEPS_PER_PASS, 0),
+        pytest.param(25, 0, marks=pytest.mark.slow),
+        pytest.param(33, 2, marks=pytest.mark.slow),
+    ],
+    ids=["mid-data", "end-of-pass", "at-a-validation", "mid-data-2-workers"],
 )
 def test_stopped_and_resumed_run_is_bit_identical(tmp_path, corpus, reference, stop, workers):
     logs = tmp_path / "logs"

@@ -113,12 +113,15 @@ class Interruptions(L.Callback):
             and self.status is None
             and not trainer.fit_loop.epoch_loop._should_accumulate()
         ):
-            # where Lightning's own ModelCheckpoint saves; the step's metrics are still logged after this hook
+            # where Lightning's own ModelCheckpoint saves; the process ends at the next hook, once Lightning has
+            # logged this step's metrics and stepped the lr schedule (trainer.should_stop would add a validation)
             self._save(trainer, 128 + self.signum if self.signum else 0)
-            trainer.should_stop = True
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, i: int) -> None:
+        self.exit_if_stopped()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # before ModelCheckpoint's on_train_end, which would overwrite last.ckpt with an epoch-ended state
+        # the stop step was the last one; before ModelCheckpoint's on_train_end, which would save an ended epoch
         self.exit_if_stopped()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
