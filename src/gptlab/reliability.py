@@ -126,8 +126,15 @@ class Interruptions(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore_sigint()
-        if isinstance(exception, SIGTERMException) and self.status is None:  # DDP: all ranks stop at a step start
-            self._save(trainer, 128 + signal.SIGTERM)
+        if isinstance(exception, SIGTERMException) and self.status is None:
+            # Lightning raised after the step's bookkeeping (DDP: all ranks, at the next step's start); a checkpoint
+            # made inside the step, where Lightning saves, counts the logger's steps one lower
+            loop = trainer.fit_loop.epoch_loop
+            loop._batches_that_stepped -= 1
+            try:
+                self._save(trainer, 128 + signal.SIGTERM)
+            finally:
+                loop._batches_that_stepped += 1
 
     def _save(self, trainer: L.Trainer, status: int) -> None:
         trainer.save_checkpoint(self.path, weights_only=False)  # the full state, to resume from
