@@ -81,26 +81,6 @@ def validation_windows(tokens: torch.Tensor, block_size: int) -> Windows:
     return Windows(tokens, block_size, torch.tensor(starts), torch.tensor(skip))
 
 
-class ResumableLoader(StatefulDataLoader):
-    """A StatefulDataLoader that resumes a state saved at the end of a pass at the end of that pass.
-
-    StatefulDataLoader starts a whole new pass (in the old epoch's order) from such a state; Lightning, which
-    prefetches a batch, saves exactly that state after the last step of every epoch.
-    """
-
-    _pass_done = False
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        super().load_state_dict(state_dict)
-        self._pass_done = bool(state_dict.get("_iterator_finished"))
-
-    def __iter__(self):
-        if self._pass_done:
-            self._pass_done = False
-            return iter(())
-        return super().__iter__()
-
-
 class CharDataModule(L.LightningDataModule):
     def __init__(self, config: DataConfig, seed: int = 0):
         super().__init__()
@@ -144,7 +124,7 @@ class CharDataModule(L.LightningDataModule):
             dataset, num_replicas=ranks, rank=rank, shuffle=True, seed=self.seed, drop_last=True
         )
         workers = self.config.num_workers
-        return ResumableLoader(
+        return StatefulDataLoader(
             dataset,
             batch_size=self.config.batch_size // ranks,
             sampler=sampler,
