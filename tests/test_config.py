@@ -119,5 +119,5 @@ def test_text_file_data_requires_a_path(tmp_path):
     with pytest.raises(ConfigError, match="data.path: Missing mandatory value"):
         validate(make_config(["data=text_file"], tmp_path))
     corpus = tmp_path / "mine.txt"
-    corpus.write_text("my own words")
+    corpus.write_text("my own words " * 200)  # big enough for one validation window
     assert validate(make_config(["data=text_file", f"data.path={corpus}"], tmp_path)).data.path == str(corpus)

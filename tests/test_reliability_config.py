@@ -23,7 +23,10 @@ BAD = [
     (["model.n_embd=30", "model.n_head=4"], "model.n_embd (30) must be divisible by model.n_head (4)"),
     (["optim.warmup_steps=100", "trainer.max_steps=100"], "optim.warmup_steps (100) must be shorter"),
     (["data.block_size=64"], "data.block_size (64) exceeds model.block_size (32)"),
-    (["model.block_size=4096", "data.block_size=4096"], "data.block_size (4096) is beyond the data"),
+    (
+        ["model.block_size=4096", "data.block_size=4096"],
+        "validation split has fewer than data.block_size + 1 = 4097 tokens",
+    ),
     (["data.tokenizer=bpe"], "data.tokenizer must be one of"),
     (["data=wikipedia"], "data: unknown option 'wikipedia'"),
     (["trainer.devices=64"], "trainer.devices (64) is more than this machine's"),

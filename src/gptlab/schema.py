@@ -75,10 +75,11 @@ def check_data_file(data: DataConfig) -> None:
     path = Path(data.path).expanduser()
     if not path.is_file():
         raise ConfigError(f"data.path: file not found: {data.path}")
-    if path.stat().st_size * data.val_fraction < data.block_size + 1:
+    size = path.stat().st_size  # an empty file is left to the reader, which says so
+    if 0 < size and size * data.val_fraction < data.block_size + 1:
         raise ConfigError(
-            f"data.block_size ({data.block_size}) is beyond the data: {path} ({path.stat().st_size} bytes) "
-            f"cannot give a {data.val_fraction:g} validation split of {data.block_size + 1} tokens"
+            f"data.path: {path} has {size} bytes, so its {data.val_fraction:g} validation split has "
+            f"fewer than data.block_size + 1 = {data.block_size + 1} tokens"
         )
 
 
