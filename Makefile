@@ -6,8 +6,8 @@ ARGS ?=
 CKPT ?= $(lastword $(sort $(wildcard logs/runs/*)))
 OUT ?= $(CKPT)/hf
 
-.PHONY: help install train prepare sweep tb generate serve evaluate export bench-generate bench-serve bench-data \
-	bench speedrun test test-slow test-all lint clean
+.PHONY: help install train resume prepare sweep tb generate serve evaluate export bench-generate bench-serve \
+	bench-data bench bench-nan-guard speedrun test test-slow test-all lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -20,6 +20,9 @@ train:  ## train gpt_small on tinyshakespeare (DATA=path to input.txt, ARGS=more
 
 prepare:  ## pre-tokenize a streamed dataset into a memory-mapped token cache (ARGS: data=openwebtext, ...)
 	$(PY) src/prepare.py $(ARGS)
+
+resume:  ## continue a stopped run in its own folder: make resume RUN=logs/runs/<run>
+	$(PY) src/train.py resume=$(RUN) $(ARGS)
 
 sweep:  ## a three-run depth sweep, each run in its own folder under logs/multiruns
 	$(PY) src/train.py -m model.n_layer=2,4,8 data.path=$(DATA) $(ARGS)
@@ -65,6 +68,9 @@ lint:  ## ruff
 
 bench-data:  ## tokens/s the streamed DataModule delivers (0, 1, 2 workers; token cache) vs gpt_small training
 	$(PY) bench/data.py $(ARGS)
+
+bench-nan-guard:  ## what the non-finite loss/gradient guard costs per optimizer step (gpt_small, CPU)
+	$(PY) bench/nan_guard.py $(ARGS)
 
 clean:  ## remove caches (never logs/: runs are yours to delete)
 	rm -rf .pytest_cache .ruff_cache src/*.egg-info

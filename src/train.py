@@ -1,9 +1,15 @@
-"""Train a GPT: `python src/train.py model=gpt_small data=tinyshakespeare` (see conf/train.yaml)."""
+"""Train a GPT: `python src/train.py model=gpt_small data=tinyshakespeare` (see conf/train.yaml).
+
+`python src/train.py resume=<run folder>` continues a run in its own folder (see gptlab.resume).
+"""
+
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from gptlab.cli import exit_on_user_error
+from gptlab.resume import prepare_argv
 from gptlab.training import train
 
 
@@ -14,4 +20,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    with exit_on_user_error():
+        sys.argv[1:] = prepare_argv(sys.argv[1:])
     main()

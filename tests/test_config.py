@@ -1,4 +1,5 @@
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from conftest import ROOT, make_config
@@ -14,6 +15,10 @@ def presets(group: str) -> list[str]:
 @pytest.mark.parametrize("trainer", presets("trainer"))
 def test_every_model_and_trainer_preset_validates(model, trainer, tmp_path, shakespeare):
     cfg = make_config([f"model={model}", f"trainer={trainer}", f"data.path={shakespeare}"], tmp_path)
+    if trainer == "gpu" and not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="trainer.accelerator: 'gpu' asked for, but this machine has no GPU"):
+            validate(cfg)
+        return
     run = validate(cfg)
     assert run.model.n_embd % run.model.n_head == 0
     assert run.data.block_size == run.model.block_size
@@ -114,5 +119,5 @@ def test_text_file_data_requires_a_path(tmp_path):
     with pytest.raises(ConfigError, match="data.path: Missing mandatory value"):
         validate(make_config(["data=text_file"], tmp_path))
     corpus = tmp_path / "mine.txt"
-    corpus.write_text("my own words")
+    corpus.write_text("my own words " * 200)  # big enough for one validation window
     assert validate(make_config(["data=text_file", f"data.path={corpus}"], tmp_path)).data.path == str(corpus)

@@ -1,5 +1,6 @@
-"""Finding and loading trained weights for use outside training (sampling, evaluation, export, serving) and as
-the starting point of a fine-tuning run: a gptlab checkpoint, a run folder, or a Hugging Face GPT-2 folder.
+"""Checkpoints: found, loaded for use outside training (sampling, evaluation, export, serving) or as the start of
+a fine-tuning run (a gptlab checkpoint, a run folder, or a Hugging Face GPT-2 folder); written atomically; chosen
+for a resume; checked against the config.
 
 Checkpoints are read with `torch.load(weights_only=True)` only: they hold plain containers and tensors, and
 nothing in them is ever instantiated as a class.
@@ -7,15 +8,20 @@ nothing in them is ever instantiated as a class.
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 
 from gptlab import hf
 from gptlab.errors import ConfigError, GptlabError
 from gptlab.model import GPT, GPTConfig
 from gptlab.tokenizer import tokenizer_from_state
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -131,3 +137,105 @@ def check_matches(pretrained: Pretrained, wanted: GPTConfig | None, tokenizer: s
                 differ.append(f"{shown}={value!r} (weights: {have[name]!r})")
     if differ:
         raise ConfigError(f"{key}: {pretrained.source} differs from the config: {', '.join(differ)}")
+
+
+# --- writing, and choosing which checkpoint a run resumes from ---
+
+TEMP_MARK = ".tmp-"  # temporary files are ".<name>.tmp-<pid>" beside their target
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO, made atomic and safe.
+
+    A save goes to a temporary file in the target's folder, is flushed and fsynced, then renamed over the target:
+    a kill at any moment leaves the previous file whole. A checkpoint with a non-finite tensor is never written.
+    Loading is always `weights_only=True`.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if bad := non_finite_keys(checkpoint.get("state_dict", {})):
+            raise GptlabError(f"checkpoint {path}: refusing to write non-finite values in {', '.join(bad[:5])}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
+        try:
+            with open(temp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, path)
+        finally:
+            temp.unlink(missing_ok=True)
+        fsync_dir(path.parent)
+
+    def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict:
+        return read_checkpoint(Path(path))
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself survives a power cut
+    finally:
+        os.close(fd)
+
+
+def non_finite_keys(state: dict) -> list[str]:
+    return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()]
+
+
+def remove_stray_temps(folder: Path) -> list[Path]:
+    """Temporary files a killed save left behind (none of them is ever a complete checkpoint's only copy)."""
+    stray = sorted(folder.glob(f".*.ckpt{TEMP_MARK}*")) if folder.is_dir() else []
+    for p in stray:
+        p.unlink(missing_ok=True)
+    return stray
+
+
+def resume_checkpoint(path: str | Path) -> tuple[Path, dict]:
+    """The checkpoint to resume from, read: a file as named, or a run folder's newest readable one.
+
+    A named file that cannot be read is an error; in a run folder, an unreadable newest checkpoint (a torn disk,
+    a copy cut short) falls back to the next newest with a warning naming both.
+    """
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path, read_checkpoint(path)
+    folder = path / "checkpoints"
+    remove_stray_temps(folder)
+    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"))[::-1]
+    if not candidates:
+        raise GptlabError(f"resume: no checkpoint in {folder}: nothing to resume (start a new run instead)")
+    for candidate in candidates:
+        try:
+            ckpt = read_checkpoint(candidate)
+        except GptlabError as e:
+            log.warning("skipping unreadable checkpoint: %s", e)
+            continue
+        if candidate != candidates[0]:
+            log.warning("newest checkpoint %s is unreadable; resuming from %s instead", candidates[0], candidate)
+        return candidate, ckpt
+    raise GptlabError(f"resume: no readable checkpoint in {folder} (tried {', '.join(p.name for p in candidates)})")
+
+
+def check_compatible(ckpt: dict, path: Path, model: dict, tokenizer: dict) -> None:
+    """Refuse, before any weight is loaded, a checkpoint whose model shape or tokenizer differs from the config."""
+    try:
+        saved_model, saved_tokenizer = ckpt["hyper_parameters"]["model"], ckpt["tokenizer"]
+    except (KeyError, TypeError) as e:
+        raise GptlabError(f"ckpt_path: {path} is not a gptlab checkpoint (missing {e})") from None
+    diff = [
+        f"model.{k}"
+        for k in sorted(set(saved_model) | set(model))
+        if k not in RUNTIME_KEYS and saved_model.get(k) != model.get(k)
+    ]
+    diff += [
+        f"tokenizer.{k}"
+        for k in sorted(set(saved_tokenizer) | set(tokenizer))
+        if saved_tokenizer.get(k) != tokenizer.get(k)
+    ]
+    if diff:
+        raise GptlabError(f"ckpt_path: {path} does not match the config: {', '.join(diff)} differ")
+
+
+RUNTIME_KEYS = {"dropout", "compile", "init_from"}  # may change between runs without changing a single weight's shape

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from gptlab.errors import ConfigError, DataError
 from gptlab.text_source import locate, read_text
@@ -81,9 +82,10 @@ def validation_windows(tokens: torch.Tensor, block_size: int) -> Windows:
 
 
 class CharDataModule(L.LightningDataModule):
-    def __init__(self, config: DataConfig, tokenizer=None):
+    def __init__(self, config: DataConfig, tokenizer=None, seed: int = 0):
         super().__init__()
         self.config = config
+        self.seed = seed
         # given: the tokenizer of the weights being evaluated or fine-tuned; else built from the corpus
         self.tokenizer: CharTokenizer | None = tokenizer  # or GPT2Tokenizer
         self.train_tokens: torch.Tensor | None = None
@@ -113,19 +115,36 @@ class CharDataModule(L.LightningDataModule):
                     f"data.block_size + 1 = {c.block_size + 1}"
                 )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(training_windows(self.train_tokens, self.config.block_size), shuffle=True)
+    def train_dataloader(self) -> StatefulDataLoader:
+        """Random windows, resumable mid-epoch: Lightning saves and restores this loader's position.
+
+        The order is a pure function of (seed, epoch): Lightning calls the sampler's set_epoch. With DDP,
+        data.batch_size stays the global batch: each of the N ranks takes every N-th window of the same order
+        and batch_size / N of them per step, so a step sees the same windows as on one process.
+        """
+        dataset = training_windows(self.train_tokens, self.config.block_size)
+        ranks, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        sampler = DistributedSampler(
+            dataset, num_replicas=ranks, rank=rank, shuffle=True, seed=self.seed, drop_last=True
+        )
+        workers = self.config.num_workers
+        return StatefulDataLoader(
+            dataset,
+            batch_size=self.config.batch_size // ranks,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            # the workers' seeds come from here, not from the global RNG the model's dropout draws from
+            generator=torch.Generator().manual_seed(self.seed),
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(validation_windows(self.val_tokens, self.config.block_size), shuffle=False)
-
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         workers = self.config.num_workers
         return DataLoader(
-            dataset,
+            validation_windows(self.val_tokens, self.config.block_size),
             batch_size=self.config.batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
+from gptlab.errors import GptlabError
 from gptlab.flops import flops_per_token, peak_flops
 from gptlab.model import GPT, GPTConfig
 from gptlab.optim import OptimConfig
@@ -32,6 +33,8 @@ class GPTLitModule(L.LightningModule):
         self._micro_batches = 0
         self._tokens_since_log = 0
         self._last_log_time: float | None = None
+        self.bad_steps_in_a_row = 0
+        self.skipped_steps = 0
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)[0]
@@ -71,6 +74,28 @@ class GPTLitModule(L.LightningModule):
         max_norm = gradient_clip_val if gradient_clip_val else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
         self.log("train/grad_norm", norm)
+        self._guard_non_finite(norm, optimizer)
+
+    def _guard_non_finite(self, norm: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """Skip a step whose gradient (so also whose loss) is not finite; stop after optim.max_bad_steps in a row.
+
+        The check reads the one norm already computed for clipping (a host sync on a GPU, none on the CPU).
+        Skipping = dropping the gradients: AdamW leaves parameters without one, and their moments, untouched.
+        The schedule and the data still advance, as with AMP's GradScaler skipping a step.
+        """
+        if torch.isfinite(norm):
+            self.bad_steps_in_a_row = 0
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            self.bad_steps_in_a_row += 1
+            self.skipped_steps += 1
+            if self.bad_steps_in_a_row >= self.optim_config.max_bad_steps:
+                ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
+                raise GptlabError(
+                    f"optim.max_bad_steps: {self.bad_steps_in_a_row} steps in a row had a non-finite loss or gradient "
+                    f"(last at step {self.trainer.global_step}); stopped. Last good checkpoint: {ckpt}"
+                )
+        self.log("train/skipped_steps", float(self.skipped_steps))
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -93,9 +118,12 @@ class GPTLitModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tokenizer"] = self.tokenizer.state_dict()
+        checkpoint["fault_guard"] = {"in_a_row": self.bad_steps_in_a_row, "skipped": self.skipped_steps}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # runs before the weights load, so a tokenizer mismatch is named rather than a shape error
         saved = checkpoint.get("tokenizer", checkpoint.get("hyper_parameters", {}).get("tokenizer"))
         if saved is not None:
             check_same_tokenizer(saved, self.tokenizer.state_dict())
+        guard = checkpoint.get("fault_guard", {})
+        self.bad_steps_in_a_row, self.skipped_steps = guard.get("in_a_row", 0), guard.get("skipped", 0)

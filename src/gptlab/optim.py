@@ -30,6 +30,9 @@ class OptimConfig:
     muon_lr: float = 0.02  # muon only: Muon's own peak lr (scaled by the same schedule)
     muon_momentum: float = 0.95
     muon_weight_decay: float = 0.0
+    min_lr: float = 1e-4  # the cosine ends here
+    fused: bool | None = None  # None: torch picks (fused kernels need a GPU to pay off)
+    max_bad_steps: int = 5  # stop after this many optimizer steps in a row with a non-finite loss or gradient
 
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
@@ -50,6 +53,8 @@ class OptimConfig:
             raise ConfigError(f"optim.decay_fraction must be in (0, 1], got {self.decay_fraction}")
         if not 0 <= self.muon_momentum < 1:
             raise ConfigError(f"optim.muon_momentum must be in [0, 1), got {self.muon_momentum}")
+        if self.max_bad_steps < 1:
+            raise ConfigError(f"optim.max_bad_steps must be >= 1, got {self.max_bad_steps}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {list(self.betas)}")
 

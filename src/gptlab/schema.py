@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 
 from gptlab.datamodule import DataConfig
 from gptlab.errors import ConfigError
 from gptlab.model import GPTConfig
 from gptlab.optim import OptimConfig
+from gptlab.reliability import ReliabilityConfig
 from gptlab.sampling import SampleConfig
 from gptlab.streaming import StreamConfig
 from gptlab.typed_config import typed
@@ -22,6 +25,7 @@ class RunConfig:
     data: DataConfig | StreamConfig
     optim: OptimConfig
     sample: SampleConfig
+    reliability: ReliabilityConfig
     max_steps: int
     ckpt_path: str | None
 
@@ -32,6 +36,7 @@ def validate(cfg: DictConfig) -> RunConfig:
         data=typed(cfg, "data", StreamConfig if cfg.data.get("streaming") else DataConfig),
         optim=typed(cfg, "optim", OptimConfig),
         sample=typed(cfg, "sample", SampleConfig),
+        reliability=typed(cfg, "reliability", ReliabilityConfig),
         max_steps=cfg.trainer.get("max_steps", -1),
         ckpt_path=cfg.get("ckpt_path"),
     )
@@ -43,8 +48,70 @@ def validate(cfg: DictConfig) -> RunConfig:
         raise ConfigError(
             f"optim.warmup_steps ({run.optim.warmup_steps}) must be shorter than trainer.max_steps ({run.max_steps})"
         )
-    if getattr(run.data, "path", None) and not Path(run.data.path).expanduser().is_file():
-        raise ConfigError(f"data.path: file not found: {run.data.path}")
-    if run.ckpt_path and not Path(run.ckpt_path).is_file():
+    if getattr(run.data, "path", None):
+        check_data_file(run.data)
+    if run.ckpt_path and not Path(run.ckpt_path).exists():
         raise ConfigError(f"ckpt_path: checkpoint not found: {run.ckpt_path}")
+    devices = check_trainer(cfg.trainer)
+    if run.data.batch_size % devices:
+        raise ConfigError(
+            f"data.batch_size ({run.data.batch_size}) is the global batch: it must divide evenly over "
+            f"trainer.devices ({devices})"
+        )
     return run
+
+
+def check_data_file(data: DataConfig) -> None:
+    """A file too small for one validation window, found from its size alone (a token is at least one byte)."""
+    path = Path(data.path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"data.path: file not found: {data.path}")
+    size = path.stat().st_size  # an empty file is left to the reader, which says so
+    if 0 < size and size * data.val_fraction < data.block_size + 1:
+        raise ConfigError(
+            f"data.path: {path} has {size} bytes, so its {data.val_fraction:g} validation split has "
+            f"fewer than data.block_size + 1 = {data.block_size + 1} tokens"
+        )
+
+
+PRECISIONS = {
+    "auto",
+    "32-true",
+    "32",
+    "bf16-mixed",
+    "bf16-true",
+    "16-mixed",
+    "16-true",
+    "64-true",
+    "transformer-engine",
+}
+
+
+def check_trainer(trainer: DictConfig) -> int:
+    """The Trainer arguments that can be judged before anything runs; returns the number of processes."""
+    accelerator = trainer.get("accelerator", "auto")
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator: {accelerator!r} asked for, but this machine has no GPU")
+    devices = trainer.get("devices", 1)
+    available = torch.cuda.device_count() if gpu else len(os.sched_getaffinity(0))
+    if devices in ("auto", -1):
+        devices = available
+    if not isinstance(devices, int) or isinstance(devices, bool) or devices <= 0:
+        raise ConfigError(f"trainer.devices must be a positive integer, 'auto' or -1, got {devices!r}")
+    if devices > available:
+        what = "GPUs" if gpu else "CPU cores (one process per core at most)"
+        raise ConfigError(f"trainer.devices ({devices}) is more than this machine's {available} {what}")
+    precision = str(trainer.get("precision", "32-true"))
+    if precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if precision.startswith("16") and not gpu:
+        raise ConfigError(f"trainer.precision: {precision} needs a GPU; on the CPU use bf16-mixed or 32-true")
+    for key in ("accumulate_grad_batches", "log_every_n_steps"):
+        value = trainer.get(key, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"trainer.{key} must be a positive integer, got {value!r}")
+    clip = trainer.get("gradient_clip_val")
+    if clip is not None and (not isinstance(clip, (int, float)) or clip < 0):
+        raise ConfigError(f"trainer.gradient_clip_val must be >= 0 or null, got {clip!r}")
+    return devices

@@ -10,13 +10,23 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from gptlab.callbacks import flatten, log_hparams, markdown_table
-from gptlab.checkpoint import Pretrained, check_matches, load_pretrained
+from gptlab.checkpoint import (
+    Pretrained,
+    check_compatible,
+    check_matches,
+    load_pretrained,
+    remove_stray_temps,
+    resume_checkpoint,
+)
 from gptlab.datamodule import CharDataModule, DataConfig
+from gptlab.errors import ConfigError
 from gptlab.lit_module import GPTLitModule
 from gptlab.precision import resolve_precision
+from gptlab.reliability import Interruptions, RNGState, plugins
 from gptlab.sampling import sample_text
 from gptlab.schema import RunConfig, validate
 from gptlab.streaming import StreamConfig, StreamDataModule
@@ -35,15 +45,20 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
     init = pretrained_start(run)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    ckpt_file, ckpt = resume_checkpoint(run.ckpt_path) if run.ckpt_path else (None, None)
     if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
+        refuse_to_overwrite(output_dir, ckpt_file)
         log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-    datamodule = make_datamodule(run.data, init.tokenizer if init else None)
+    datamodule = make_datamodule(run.data, init.tokenizer if init else None, cfg.seed)
     datamodule.prepare_data()
     datamodule.setup("fit")
     run.model.vocab_size = datamodule.tokenizer.vocab_size
+    if ckpt is not None:  # before any weight is loaded: same shapes, same tokenizer, or a clear refusal
+        check_compatible(ckpt, ckpt_file, asdict(run.model), datamodule.tokenizer.state_dict())
+        del ckpt
     module = GPTLitModule(model=asdict(run.model), optim=asdict(run.optim), tokenizer=datamodule.tokenizer.state_dict())
     if init is not None and run.ckpt_path is None:  # a resumed run restores its own weights instead
         init.load_into(module.model, "model.init_from")
@@ -51,18 +66,26 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
 
     callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     callbacks += extra_callbacks or []
+    interruptions = Interruptions(output_dir / "checkpoints", run.reliability.stop_at_step)
+    callbacks += [RNGState(), interruptions]
     loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator, run.model.n_embd)
     if torch.cuda.is_available() and cfg.trainer.accelerator in ("gpu", "cuda", "auto"):
         torch.set_float32_matmul_precision("high")  # TF32 for whatever still runs in fp32
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, precision=precision)
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers, precision=precision, plugins=plugins(run.reliability)
+    )
 
     if trainer.is_global_zero:
         log.info("parameters:\n%s", markdown_table(module.model.parameter_breakdown()))
         datamodule.tokenizer.save(output_dir / "tokenizer.json")
         log_hparams(trainer.loggers, flatten(OmegaConf.to_container(cfg, resolve=True)), ["val/loss", "val/ppl"])
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=run.ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_file)
+    except SIGTERMException:
+        pass  # Lightning's way to stop every rank on SIGTERM; the checkpoint is written, exit below says so
+    interruptions.exit_if_stopped()
 
     val_loss = trainer.callback_metrics.get("val/loss")
     if trainer.is_global_zero:
@@ -83,6 +106,15 @@ def pretrained_start(run: RunConfig) -> Pretrained | None:
     return init
 
 
-def make_datamodule(data: DataConfig | StreamConfig, tokenizer=None):
+def make_datamodule(data: DataConfig | StreamConfig, tokenizer=None, seed: int = 0):
     """A given tokenizer (of weights to evaluate or fine-tune) keeps their token ids; else the data's own."""
-    return StreamDataModule(data) if isinstance(data, StreamConfig) else CharDataModule(data, tokenizer)
+    return StreamDataModule(data) if isinstance(data, StreamConfig) else CharDataModule(data, tokenizer, seed)
+
+
+def refuse_to_overwrite(output_dir: Path, ckpt_file: Path | None) -> None:
+    """Only a run resuming from its own checkpoint may write into a folder that already holds a run."""
+    resuming_here = ckpt_file is not None and output_dir.resolve() in ckpt_file.resolve().parents
+    if (output_dir / "config.yaml").exists() and not resuming_here:
+        raise ConfigError(f"paths.output_dir: {output_dir} already holds a run; continue it with resume={output_dir}")
+    if resuming_here:
+        remove_stray_temps(output_dir / "checkpoints")

@@ -1,0 +1,173 @@
+"""Numerical faults, atomic and safe checkpoints: what a crash, a NaN or a bad file can and cannot do to a run."""
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import FAST, ROOT, make_config
+from gptlab.checkpoint import AtomicCheckpointIO, check_compatible, remove_stray_temps, resume_checkpoint
+from gptlab.errors import GptlabError
+from gptlab.lit_module import GPTLitModule
+from gptlab.training import train
+from tb import scalars
+
+
+def fit(tmp_path, corpus, *overrides, name="run"):
+    out = tmp_path / name
+    return train(make_config([*FAST, f"data.path={corpus}", *overrides], out)), out
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Makes the loss NaN at the optimizer steps listed in the returned set; records the weights after each batch."""
+    bad_steps, weights = set(), []
+    step = GPTLitModule.training_step
+
+    def training_step(self, batch, i):
+        loss = step(self, batch, i)
+        return loss * float("nan") if self.trainer.global_step in bad_steps else loss
+
+    def on_train_batch_end(self, outputs, batch, i):
+        weights.append(self.model.lm_head.weight.detach().clone())
+
+    monkeypatch.setattr(GPTLitModule, "training_step", training_step)
+    monkeypatch.setattr(GPTLitModule, "on_train_batch_end", on_train_batch_end)
+    return bad_steps, weights
+
+
+def test_a_non_finite_step_is_skipped_and_counted(tmp_path, small_corpus, poisoned):
+    bad_steps, weights = poisoned
+    bad_steps.update({3, 4})
+    val_loss, out = fit(tmp_path, small_corpus, "trainer.max_steps=8", "trainer.val_check_interval=4")
+    assert torch.equal(weights[2], weights[3]) and torch.equal(weights[3], weights[4])  # steps 3, 4: no update
+    assert not torch.equal(weights[1], weights[2]) and not torch.equal(weights[4], weights[5])
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert all(v.isfinite().all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert ckpt["fault_guard"] == {"in_a_row": 0, "skipped": 2}
+    assert [v for _, v in scalars(out, "train/skipped_steps")] == [0, 0, 0, 1, 2, 2, 2, 2]
+    assert val_loss == val_loss  # not NaN
+
+
+def test_too_many_bad_steps_in_a_row_stop_the_run_naming_the_last_good_checkpoint(tmp_path, small_corpus, poisoned):
+    bad_steps, _ = poisoned
+    bad_steps.update(range(4, 100))
+    with pytest.raises(GptlabError) as e:
+        fit(tmp_path, small_corpus, "trainer.max_steps=20", "trainer.val_check_interval=2", "optim.max_bad_steps=3")
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    message = str(e.value)
+    assert message.startswith("optim.max_bad_steps: 3 steps in a row had a non-finite loss or gradient")
+    assert f"Last good checkpoint: {last}" in message and "\n" not in message
+    ckpt = torch.load(last, weights_only=True)
+    assert ckpt["global_step"] >= 4  # written at a validation; steps 4 on (0-based) never changed a weight
+    assert all(v.isfinite().all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def test_a_checkpoint_with_a_non_finite_value_is_never_written(tmp_path):
+    path = tmp_path / "last.ckpt"
+    with pytest.raises(GptlabError, match=r"refusing to write non-finite values in model\.w"):
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {"model.w": torch.tensor([1.0, float("inf")])}}, path)
+    assert list(tmp_path.iterdir()) == []
+
+
+SAVER = """
+import sys, torch
+from gptlab.checkpoint import AtomicCheckpointIO
+io, i = AtomicCheckpointIO(), 0
+while True:
+    i += 1
+    io.save_checkpoint({"state_dict": {"w": torch.full((4_000_000,), float(i))}}, sys.argv[1])
+    print(i, flush=True)
+"""
+
+
+def test_kill_9_during_a_save_leaves_the_previous_checkpoint_whole(tmp_path):
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    for delay in (0.0, 0.03, 0.07, 0.15):  # 16 MB saves: some kills land mid-write
+        saver = subprocess.Popen([sys.executable, "-c", SAVER, str(path)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        saved = [int(saver.stdout.readline()) for _ in range(2)]
+        time.sleep(delay)
+        os.kill(saver.pid, signal.SIGKILL)
+        saver.wait()
+        w = torch.load(path, weights_only=True)["state_dict"]["w"]
+        assert w.shape == (4_000_000,) and (w == w[0]).all() and w[0] >= saved[-1]  # one whole save, none torn
+        remove_stray_temps(path.parent)
+        assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+def checkpoint_folder(tmp_path, newest: bytes | None):
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save({"global_step": 4, "state_dict": {}}, folder / "best.ckpt")
+    time.sleep(0.01)
+    if newest is not None:
+        (folder / "last.ckpt").write_bytes(newest)
+    return folder
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one_with_a_warning(tmp_path, caplog):
+    folder = checkpoint_folder(tmp_path, None)
+    torch.save({"global_step": 8, "state_dict": {"w": torch.zeros(1000)}}, folder / "last.ckpt")
+    # a real checkpoint, cut short as a full disk or an interrupted copy leaves it
+    (folder / "last.ckpt").write_bytes((folder / "last.ckpt").read_bytes()[:1500])
+    (folder / ".last.ckpt.tmp-1234").write_bytes(b"half")
+    with caplog.at_level(logging.WARNING):
+        path, ckpt = resume_checkpoint(tmp_path / "run")
+    assert path == folder / "best.ckpt" and ckpt["global_step"] == 4
+    warning = [r.getMessage() for r in caplog.records if "instead" in r.getMessage()]
+    assert warning == [f"newest checkpoint {folder / 'last.ckpt'} is unreadable; resuming from {path} instead"]
+    assert not (folder / ".last.ckpt.tmp-1234").exists()  # stray temporary files go at the next start
+
+
+def test_a_named_corrupt_checkpoint_is_an_error_naming_it(tmp_path):
+    folder = checkpoint_folder(tmp_path, b"not a checkpoint")
+    with pytest.raises(GptlabError, match=f"ckpt_path: cannot read checkpoint {folder / 'last.ckpt'}"):
+        resume_checkpoint(folder / "last.ckpt")
+
+
+def test_a_run_with_no_checkpoint_cannot_be_resumed(tmp_path):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(GptlabError, match="resume: no checkpoint in .*: nothing to resume"):
+        resume_checkpoint(tmp_path / "run")
+
+
+def test_a_checkpoint_holding_code_is_refused(tmp_path):
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": argparse.Namespace(x=1)}, path)  # any class: unpickling may run code
+    with pytest.raises(GptlabError, match=f"cannot read checkpoint {path}"):
+        resume_checkpoint(path)
+
+
+@pytest.fixture
+def trained(tmp_path, small_corpus):
+    _, out = fit(tmp_path, small_corpus, "trainer.max_steps=4", "trainer.val_check_interval=2", name="trained")
+    return out / "checkpoints" / "last.ckpt"
+
+
+def test_a_checkpoint_of_another_shape_or_tokenizer_is_refused_before_any_weight_loads(
+    tmp_path, small_corpus, trained, monkeypatch
+):
+    def built(*a, **kw):
+        raise RuntimeError("a model was built for a checkpoint that does not fit")
+
+    monkeypatch.setattr("gptlab.training.GPTLitModule", built)
+    with pytest.raises(GptlabError, match=r"does not match the config: model\.n_embd, model\.n_head differ"):
+        fit(tmp_path, small_corpus, "model.n_embd=48", "model.n_head=3", f"ckpt_path={trained}", name="wider")
+    other = tmp_path / "other.txt"
+    other.write_text(small_corpus.read_text().upper())  # fewer distinct characters: another tokenizer
+    with pytest.raises(GptlabError, match=r"model\.vocab_size, tokenizer\.chars differ"):
+        fit(tmp_path, other, f"ckpt_path={trained}", name="other")
+
+
+def test_a_target_in_a_checkpoint_is_never_instantiated(trained):
+    ckpt = torch.load(trained, weights_only=True)
+    model, tokenizer = dict(ckpt["hyper_parameters"]["model"]), ckpt["tokenizer"]
+    ckpt["hyper_parameters"]["model"]["_target_"] = "os.system"
+    with pytest.raises(GptlabError, match=r"model\._target_ differ"):
+        check_compatible(ckpt, trained, model, tokenizer)

@@ -1,0 +1,155 @@
+"""Exact resume, as real processes: a run stopped and resumed ends bit-identical to one that never stopped."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, run_cli
+from tb import scalars
+
+# 2,000 characters, batch 32, block 32: a pass over the training windows is 55 steps; 75 steps cross it
+# (validations, and so last.ckpt, at steps 25, 50 and 75)
+ARGS = [
+    "model=gpt_nano",
+    "model.dropout=0.1",  # dropout draws from the global RNG: a resume that loses it diverges
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
+    "trainer.max_steps=75",
+    "trainer.val_check_interval=25",
+    "optim.warmup_steps=2",
+    "sample.max_new_tokens=20",
+    "callbacks.text_sampler.max_new_tokens=20",
+    "data.batch_size=32",
+]
+STEPS_PER_PASS = 55
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, shakespeare):
+    path = tmp_path_factory.mktemp("corpus") / "tiny.txt"
+    path.write_text(shakespeare.read_text()[:2000])
+    return path
+
+
+def train(logs, corpus, *extra):
+    result = run_cli("train.py", *ARGS, f"data.path={corpus}", f"paths.log_dir={logs}", *extra)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def only_run(logs):
+    [run] = (logs / "runs").iterdir()
+    return run
+
+
+def outcome(run):
+    """Everything that must match: the final weights and optimizer state, and every logged loss."""
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    losses = {tag: scalars(run, tag) for tag in ("train/loss", "val/loss", "train/grad_norm")}
+    return ckpt, losses
+
+
+def assert_identical(run, reference):
+    (ckpt, losses), (ref_ckpt, ref_losses) = outcome(run), reference
+    assert ckpt["global_step"] == ref_ckpt["global_step"] == 75
+    for key, value in ref_ckpt["state_dict"].items():
+        assert torch.equal(ckpt["state_dict"][key], value), key
+    moments = ckpt["optimizer_states"][0]["state"], ref_ckpt["optimizer_states"][0]["state"]
+    for a, b in zip(*(m.values() for m in moments), strict=True):
+        assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+    for tag, series in ref_losses.items():
+        assert losses[tag] == series, tag  # the same steps, the same float values
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, corpus):
+    logs = tmp_path_factory.mktemp("reference")
+    train(logs, corpus)
+    ckpt, losses = outcome(only_run(logs))
+    assert [s for s, _ in losses["train/loss"]] == list(range(75))
+    return ckpt, losses
+
+
+@pytest.mark.parametrize(
+    "stop, workers",
+    [
+        (20, 0),
+        pytest.param(
+            STEPS_PER_PASS,
+            0,
+            marks=pytest.mark.xfail(
+                strict=True, reason="known gap: resuming a checkpoint saved after the last step of a pass diverges"
+            ),
+        ),
+        pytest.param(25, 0, marks=pytest.mark.slow),
+        pytest.param(33, 2, marks=pytest.mark.slow),
+    ],
+    ids=["mid-data", "end-of-pass", "at-a-validation", "mid-data-2-workers"],
+)
+def test_stopped_and_resumed_run_is_bit_identical(tmp_path, corpus, reference, stop, workers):
+    logs = tmp_path / "logs"
+    first = train(logs, corpus, f"reliability.stop_at_step={stop}", f"data.num_workers={workers}")
+    run = only_run(logs)
+    assert f"stopped by reliability.stop_at_step={stop} after step {stop}" in first.stderr
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == stop
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert {"torch", "numpy", "python"} <= set(ckpt["callbacks"]["RNGState"])
+    assert "combined_loader" in ckpt["loops"]["fit_loop"]["state_dict"]  # the data position
+
+    train(logs, corpus, f"resume={run}")
+    assert only_run(logs) == run  # the same folder, its curves continued
+    assert_identical(run, reference)
+
+
+def start(logs, corpus):
+    cmd = [sys.executable, str(ROOT / "src" / "train.py"), *ARGS, f"data.path={corpus}", f"paths.log_dir={logs}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_saves_the_current_step_exits_nonzero_and_resumes_exactly(tmp_path, corpus, reference, signum, status):
+    logs = tmp_path / "logs"
+    process = start(logs, corpus)
+    deadline = time.monotonic() + 600
+    while not list(logs.glob("runs/*/checkpoints/best.ckpt")):  # under way: the first validation has saved
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
+        time.sleep(0.05)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == status, stderr[-2000:]
+    run = only_run(logs)
+    step = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 25 <= step < 75  # the step it was at, not the last validation's
+    assert f"stopped by signal {signal.Signals(signum).name} after step {step}" in stderr
+    assert "--- sample from the final model ---" not in stderr
+
+    train(logs, corpus, f"resume={run}")
+    assert_identical(run, reference)
+
+
+def test_resuming_a_run_without_a_checkpoint_is_an_error(tmp_path):
+    run = tmp_path / "logs" / "runs" / "crashed"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- model=gpt_nano\n")
+    result = run_cli("train.py", f"resume={run}")
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: resume: no checkpoint in {run / 'checkpoints'}: nothing to resume"
+    assert sorted(p.name for p in run.rglob("*")) == [".hydra", "overrides.yaml"]  # and nothing written
+
+
+def test_a_new_run_never_writes_into_an_existing_run(tmp_path, small_corpus):
+    run = tmp_path / "logs" / "runs" / "earlier"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("precious")
+    result = run_cli("train.py", "model=gpt_nano", f"data.path={small_corpus}", f"hydra.run.dir={run}")
+    assert result.returncode == 1
+    assert f"error: hydra.run.dir: {run} already holds a run; resume it with resume={run}" in result.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml"]
+    assert (run / "config.yaml").read_text() == "precious"
