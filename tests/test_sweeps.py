@@ -1,7 +1,18 @@
 """Sweeps as a user runs them: one folder per override, TensorBoard events, the summary, Optuna, DDP."""
 
 import csv
+import json
 import math
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
 
 import pytest
 import yaml
@@ -17,12 +28,21 @@ def runs_of(sweep):
     return sorted((p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
 
 
-def test_sweep_writes_one_run_per_override_and_a_summary_that_matches(tmp_path, small_corpus):
-    logs = tmp_path / "logs"
-    args = ["-m", "model.n_embd=16,32", *QUICK, f"data.path={small_corpus}", f"paths.log_dir={logs}"]
-    result = run_cli("train.py", *args)
+@pytest.fixture(scope="module")
+def width_sweep(tmp_path_factory, shakespeare) -> Path:
+    """`python src/train.py -m model.n_embd=16,32 ...` once, for the tests that read its folder."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    corpus = tmp / "small.txt"
+    corpus.write_text(shakespeare.read_text()[:20_000])
+    logs = tmp / "logs"
+    result = run_cli("train.py", "-m", "model.n_embd=16,32", *QUICK, f"data.path={corpus}", f"paths.log_dir={logs}")
     assert result.returncode == 0, result.stderr[-2000:]
     [sweep] = (logs / "multiruns").iterdir()
+    return sweep
+
+
+def test_sweep_writes_one_run_per_override_and_a_summary_that_matches(width_sweep):
+    sweep = width_sweep
     runs = runs_of(sweep)
     assert [r.name.split("_", 1)[0] for r in runs] == ["0", "1"]
 
@@ -63,6 +83,68 @@ def test_sweep_writes_one_run_per_override_and_a_summary_that_matches(tmp_path, 
     assert report.returncode == 0, report.stderr[-2000:]
     assert (sweep / "summary.csv").read_text() == written
     assert "| 1 | `model.n_embd=32` |" in report.stdout
+
+
+def test_tensorboard_server_shows_the_sweeps_runs_scalars_and_hparams(width_sweep):
+    with tensorboard_server(width_sweep) as get:
+        runs = wait_for(lambda: get("/data/runs"), lambda r: len(r) == 2)
+        assert sorted(runs) == sorted(r.name for r in runs_of(width_sweep))
+        tags = get("/data/plugin/scalars/tags")
+        for run in runs:
+            assert {"train/loss", "val/loss", "val/ppl", "perf/tokens_per_sec", "perf/step_time_ms"} <= set(tags[run])
+        experiment = get("/data/plugin/hparams/experiment", {"experimentName": ""})
+        names = {h["name"] for h in experiment["hparamInfos"]}
+        assert {"model.n_embd", "optim.lr", "n_params"} <= names
+        assert {m["name"]["tag"] for m in experiment["metricInfos"]} == {"val/loss", "val/ppl", "perf/tokens_per_sec"}
+        statuses = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
+        query = {"experimentName": "", "allowedStatuses": statuses, "startIndex": 0, "sliceSize": 10}
+        groups = get("/data/plugin/hparams/session_groups", query)
+    by_run = {g["name"]: g for g in groups["sessionGroups"]}
+    for run in runs_of(width_sweep):
+        group = by_run[run.name]
+        assert group["hparams"]["model.n_embd"] == int(run.name.split("model.n_embd=")[1].split(",")[0])
+        final = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
+        assert final["val/loss"] == pytest.approx(scalars(run, "val/loss")[-1][1])  # the table's value is the last
+
+
+@contextmanager
+def tensorboard_server(logdir: Path) -> Iterator:
+    """A real `tensorboard` on a free loopback port; yields get(path, json_body=None) -> decoded JSON."""
+    cmd = [sys.executable, "-m", "tensorboard.main", f"--logdir={logdir}", "--host=127.0.0.1", "--port=0"]
+    proc = subprocess.Popen([*cmd, "--load_fast=false", "--reload_interval=1"], stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
+    try:
+        url, deadline = None, time.monotonic() + 120
+        while url is None and time.monotonic() < deadline and proc.poll() is None:
+            with suppress(queue.Empty):
+                if match := re.search(r"at (http://127\.0\.0\.1:\d+)/", lines.get(timeout=1)):
+                    url = match.group(1)
+        assert url, "tensorboard did not start"
+
+        def get(path: str, body: dict | None = None):
+            data = None if body is None else json.dumps(body).encode()
+            request = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.load(response)
+
+        yield get
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_for(fetch, ready, timeout: float = 60):
+    """Poll fetch() until ready(result): TensorBoard loads event files in the background."""
+    deadline = time.monotonic() + timeout
+    while not ready(result := fetch()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ready(result), result
+    return result
 
 
 def test_report_refuses_a_missing_or_empty_folder_in_one_line(tmp_path):
