@@ -207,6 +207,7 @@ def plot(path: Path, runs: list[RunSummary], varying: list[str]) -> None:
         by_compute.legend(fontsize=7)
     for ax in (by_size, by_compute):
         ax.grid(True, which="both", alpha=0.3)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labelled decades only: no overlaps
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
