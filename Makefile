@@ -6,8 +6,8 @@ ARGS ?=
 CKPT ?= $(lastword $(sort $(wildcard logs/runs/*)))
 OUT ?= $(CKPT)/hf
 
-.PHONY: help install train resume prepare sweep tb generate serve evaluate export bench-generate bench-serve \
-	bench-data bench bench-nan-guard speedrun test test-slow test-all lint clean
+.PHONY: help install train resume prepare sweep search report tb generate serve evaluate export bench-generate \
+	bench-serve bench-data bench bench-nan-guard speedrun test test-slow test-all lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -32,6 +32,12 @@ bench:  ## Lightning vs a plain loop, fp32 vs bf16-mixed, interleaved; table + J
 
 speedrun:  ## the fastest recipe here to val/loss <= 1.88 on char-level tinyshakespeare (ARGS=more overrides)
 	$(PY) src/train.py experiment=speedrun_char data.path=$(DATA) $(ARGS)
+
+search:  ## Optuna over lr x warmup x width for gpt_small (hparams_search=gpt_small_optuna, 20 trials)
+	$(PY) src/train.py hparams_search=gpt_small_optuna data.path=$(DATA) $(ARGS)
+
+report:  ## summary.md/csv/png of a sweep (SWEEP=logs/multiruns/<time>; default: the newest)
+	$(PY) src/report.py $(or $(SWEEP),$(lastword $(sort $(wildcard logs/multiruns/*/))))
 
 tb:  ## TensorBoard over every run in logs/
 	$(PY) -m tensorboard.main --logdir logs

@@ -37,7 +37,7 @@ def test_loss_falls_and_everything_is_logged(tmp_path, small_corpus):
     assert "samples/text_summary" in events.Tags()["tensors"]
     hparams = hparams_of(events)
     assert hparams["model.n_layer"] == 2 and hparams["data.batch_size"] == 16
-    assert metrics_of(events) == {"val/loss", "val/ppl"}
+    assert metrics_of(events) == {"val/loss", "val/ppl", "perf/tokens_per_sec"}
 
     assert (out / "config.yaml").is_file() and (out / "tokenizer.json").is_file()
     assert {p.name for p in (out / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}

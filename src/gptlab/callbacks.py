@@ -1,8 +1,14 @@
-"""Callbacks and TensorBoard helpers: text samples, the parameter breakdown, the HPARAMS table."""
+"""Callbacks and TensorBoard helpers: text samples, the parameter breakdown, perf/ scalars, the progress bar and
+the HPARAMS table."""
 
 from __future__ import annotations
 
+import resource
+import time
+
 import lightning as L
+import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 
@@ -35,9 +41,94 @@ class TextSampler(L.Callback):
             writer.add_text("samples", "    " + text.replace("\n", "\n    "), trainer.global_step)
 
 
+class PerfLogger(L.Callback):
+    """perf/ scalars: wall time per optimizer step, peak memory, and tokens seen so far (all ranks together).
+
+    Step time is averaged over each logging interval with validation left out, so it is the cost of training.
+    Peak memory is the CUDA allocator's peak on a GPU, the process's peak resident set on the CPU.
+    """
+
+    def __init__(self) -> None:
+        self.tokens_seen = 0
+        self._start: float | None = None
+        self._steps = 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        self.tokens_seen += batch[1].numel() * trainer.world_size
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        now = time.perf_counter()
+        if self._start is None:  # the first step carries start-up costs: time from its end instead
+            self._start = now
+            return
+        self._steps += 1
+        if trainer.global_step % trainer.log_every_n_steps == 0:
+            pl_module.log("perf/step_time_ms", 1000 * (now - self._start) / self._steps)
+            pl_module.log("perf/peak_memory_mb", peak_memory_mb(pl_module.device))
+            pl_module.log("perf/tokens_seen", float(self.tokens_seen))
+            self._start, self._steps = now, 0
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start, self._steps = None, 0
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # the logger flushes only every log_every_n_steps: the run's total goes in directly
+        if trainer.is_global_zero and (writer := tensorboard_writer(trainer)):
+            writer.add_scalar("perf/tokens_seen", float(self.tokens_seen), trainer.global_step)
+
+    def state_dict(self) -> dict:
+        return {"tokens_seen": self.tokens_seen}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.tokens_seen = state_dict["tokens_seen"]
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class StepProgressBar(TQDMProgressBar):
+    """One bar over the whole run in optimizer steps (not per epoch), so tqdm's time left is the run's.
+
+    Shows the training loss, tokens/s and the latest validation loss.
+    """
+
+    SHOWN = {"train/loss": "loss", "perf/tokens_per_sec": "tok/s", "val/loss": "val"}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        bar = self.train_progress_bar
+        bar.reset(total=trainer.max_steps)
+        bar.initial = bar.n = trainer.global_step  # a resumed run counts on, and its rate is this run's own
+        bar.set_description("steps")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *_) -> None:
+        pass  # epochs mean nothing here: the bar runs from the first step to max_steps
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        bar, n = self.train_progress_bar, trainer.global_step
+        if bar is not None and self._should_update(n, bar.total):
+            bar.n = n
+            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=True)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pass
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, str]:
+        metrics = trainer.progress_bar_metrics
+        shown = {short: metrics[tag] for tag, short in self.SHOWN.items() if tag in metrics}
+        return {k: f"{v:,.0f}" if k == "tok/s" else f"{v:.3f}" for k, v in shown.items()}
+
+
 def markdown_table(parts: dict[str, int]) -> str:
     rows = "\n".join(f"| {name} | {n:,} |" for name, n in parts.items())
     return "| part | parameters |\n|---|---:|\n" + rows
+
+
+# the HPARAMS tab's metric columns: the last value logged under each tag
+HPARAMS_METRICS = ["val/loss", "val/ppl", "perf/tokens_per_sec"]
 
 
 def log_hparams(trainer_loggers: list, params: dict, metric_tags: list[str]) -> None:

@@ -10,10 +10,11 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from gptlab.callbacks import flatten, log_hparams, markdown_table
+from gptlab.callbacks import HPARAMS_METRICS, flatten, log_hparams, markdown_table
 from gptlab.checkpoint import (
     Pretrained,
     check_compatible,
@@ -68,6 +69,8 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
     callbacks += extra_callbacks or []
     interruptions = Interruptions(output_dir / "checkpoints", run.reliability.stop_at_step)
     callbacks += [RNGState(), interruptions]
+    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar it was told not to show
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator, run.model.n_embd)
     if torch.cuda.is_available() and cfg.trainer.accelerator in ("gpu", "cuda", "auto"):
@@ -79,7 +82,9 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
     if trainer.is_global_zero:
         log.info("parameters:\n%s", markdown_table(module.model.parameter_breakdown()))
         datamodule.tokenizer.save(output_dir / "tokenizer.json")
-        log_hparams(trainer.loggers, flatten(OmegaConf.to_container(cfg, resolve=True)), ["val/loss", "val/ppl"])
+        hparams = flatten(OmegaConf.to_container(cfg, resolve=True))
+        hparams["n_params"] = module.model.parameter_breakdown()["total"]
+        log_hparams(trainer.loggers, hparams, HPARAMS_METRICS)
 
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_file)
