@@ -27,8 +27,13 @@ def test_every_model_and_trainer_preset_validates(model, trainer, tmp_path, shak
 @pytest.mark.parametrize("group", ["experiment", "debug"])
 def test_every_other_preset_validates(group, tmp_path, shakespeare):
     for name in presets(group):
-        streamed = make_config([f"{group}={name}"], tmp_path).data.get("streaming")  # hub data: no data.path
-        validate(make_config([f"{group}={name}", *([] if streamed else [f"data.path={shakespeare}"])], tmp_path))
+        composed = make_config([f"{group}={name}"], tmp_path)
+        overrides = [f"{group}={name}", *([] if composed.data.get("streaming") else [f"data.path={shakespeare}"])]
+        if composed.trainer.accelerator == "gpu" and not torch.cuda.is_available():  # a GPU recipe, on this CPU
+            with pytest.raises(ConfigError, match="'gpu' asked for, but this machine has no GPU"):
+                validate(make_config(overrides, tmp_path))
+            overrides += ["trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.devices=1"]
+        validate(make_config(overrides, tmp_path))
 
 
 @pytest.mark.parametrize("data", presets("data"))

@@ -346,7 +346,7 @@ class StreamDataModule(L.LightningDataModule):
                 f"data: {len(tokens)} validation tokens, fewer than data.block_size + 1 = {c.block_size + 1}"
             )
         self.val_tokens = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
-        if self.cache is None:
+        if self.cache is None and stage in (None, "fit"):  # evaluation reads the validation set alone
             self._check_one_window()
 
     def _check_one_window(self) -> None:
