@@ -3,20 +3,13 @@
 import pytest
 import torch
 
-from conftest import FAST, make_config
 from gptlab.checkpoint import find_checkpoint, load_trained
 from gptlab.errors import GptlabError
-from gptlab.training import train
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, shakespeare):
-    tmp = tmp_path_factory.mktemp("ckpt")
-    corpus = tmp / "small.txt"
-    corpus.write_text(shakespeare.read_text()[:20_000])
-    out = tmp / "run"
-    train(make_config([*FAST, f"data.path={corpus}", "trainer.max_steps=4", "trainer.val_check_interval=2"], out))
-    return out
+@pytest.fixture
+def run_dir(trained_run):
+    return trained_run  # the suite's one small trained run (conftest)
 
 
 def test_run_folder_resolves_to_best_or_last(run_dir):
