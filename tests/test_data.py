@@ -90,3 +90,39 @@ def test_download_checks_sha256_and_caches(tmp_path):
 def test_unreachable_url_names_the_fix(tmp_path):
     with pytest.raises(DataError, match="set data.path to a local copy"):
         locate(None, (tmp_path / "missing.txt").as_uri(), None, str(tmp_path / "cache"))
+
+
+
+def _passes(loader, start: int, end: int) -> list[int]:
+    order = []
+    for epoch in range(start, end):
+        loader.sampler.set_epoch(epoch)
+        order += [int(i) for batch in loader for i in batch]
+    return order
+
+
+def _loader():
+    from torch.utils.data import DistributedSampler
+
+    from gptlab.resumable import PassLoader
+
+    data = list(range(20))
+    sampler = DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=3, drop_last=True)
+    return PassLoader(data, batch_size=4, sampler=sampler, drop_last=True)
+
+
+@pytest.mark.parametrize("stop_pass, stop_batch", [(0, 2), (0, 5), (1, 3)], ids=["mid-pass", "end-of-pass", "pass-2"])
+def test_pass_loader_resumes_in_the_right_pass_at_the_right_batch(stop_pass, stop_batch):
+    """Lightning builds the resumed iterator before set_epoch: the saved position must carry the pass itself."""
+    reference = _passes(_loader(), 0, 3)
+    loader = _loader()
+    _passes(loader, 0, stop_pass)
+    loader.sampler.set_epoch(stop_pass)
+    batches = iter(loader)
+    seen = [int(i) for _ in range(stop_batch) for i in next(batches)]
+
+    resumed = _loader()
+    resumed.load_state_dict(loader.state_dict())
+    rest = [int(i) for batch in resumed for i in batch]  # as Lightning does: iterate first, set_epoch after
+    later = _passes(resumed, resumed.sampler.epoch + 1, 3)
+    assert seen + rest + later == reference[20 * stop_pass :]

@@ -79,17 +79,13 @@ def reference(tmp_path_factory, corpus):
     "stop, workers",
     [
         (20, 0),
-        pytest.param(
-            STEPS_PER_PASS,
-            0,
-            marks=pytest.mark.xfail(
-                strict=True, reason="known gap: resuming a checkpoint saved after the last step of a pass diverges"
-            ),
-        ),
+        (STEPS_PER_PASS, 0),
+        (STEPS_PER_PASS + 7, 0),
         pytest.param(25, 0, marks=pytest.mark.slow),
         pytest.param(33, 2, marks=pytest.mark.slow),
+        pytest.param(STEPS_PER_PASS, 2, marks=pytest.mark.slow),
     ],
-    ids=["mid-data", "end-of-pass", "at-a-validation", "mid-data-2-workers"],
+    ids=["mid-data", "end-of-pass", "second-pass", "at-a-validation", "mid-data-2-workers", "end-of-pass-2-workers"],
 )
 def test_stopped_and_resumed_run_is_bit_identical(tmp_path, corpus, reference, stop, workers):
     logs = tmp_path / "logs"

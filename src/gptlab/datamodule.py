@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torchdata.stateful_dataloader import StatefulDataLoader
 
 from gptlab.errors import ConfigError, DataError
+from gptlab.resumable import PassLoader
 from gptlab.text_source import locate, read_text
 from gptlab.tokenizer import TOKENIZERS, CharTokenizer, make_tokenizer
 
@@ -25,6 +25,7 @@ class DataConfig:
     val_fraction: float = 0.1
     block_size: int = 64
     batch_size: int = 64
+    val_batch_size: int | None = None  # validation windows per batch; null: batch_size (the loss is the same)
     num_workers: int = 0
 
     def __post_init__(self) -> None:
@@ -35,6 +36,8 @@ class DataConfig:
         for key in ("block_size", "batch_size"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"data.{key} must be positive, got {getattr(self, key)}")
+        if self.val_batch_size is not None and self.val_batch_size <= 0:
+            raise ConfigError(f"data.val_batch_size must be positive or null, got {self.val_batch_size}")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
 
@@ -115,7 +118,7 @@ class CharDataModule(L.LightningDataModule):
                     f"data.block_size + 1 = {c.block_size + 1}"
                 )
 
-    def train_dataloader(self) -> StatefulDataLoader:
+    def train_dataloader(self) -> PassLoader:
         """Random windows, resumable mid-epoch: Lightning saves and restores this loader's position.
 
         The order is a pure function of (seed, epoch): Lightning calls the sampler's set_epoch. With DDP,
@@ -128,7 +131,7 @@ class CharDataModule(L.LightningDataModule):
             dataset, num_replicas=ranks, rank=rank, shuffle=True, seed=self.seed, drop_last=True
         )
         workers = self.config.num_workers
-        return StatefulDataLoader(
+        return PassLoader(
             dataset,
             batch_size=self.config.batch_size // ranks,
             sampler=sampler,
@@ -144,8 +147,11 @@ class CharDataModule(L.LightningDataModule):
         workers = self.config.num_workers
         return DataLoader(
             validation_windows(self.val_tokens, self.config.block_size),
-            batch_size=self.config.batch_size,
+            batch_size=self.config.val_batch_size or self.config.batch_size,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
+            # each new iterator draws a seed from this; from the global RNG it would make dropout's draws depend
+            # on how often validation builds an iterator, so on num_workers
+            generator=torch.Generator().manual_seed(self.seed),
         )

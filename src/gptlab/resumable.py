@@ -9,6 +9,8 @@ it (Lightning builds the checkpoint on every rank, so the gather is collective) 
 Lightning also fetches one batch ahead of the training step from a loader without a length (to know when it
 ends), so the loader's own state is one batch past what training consumed: `held_back` batches of state are
 kept, and the state saved is the one from before the batches the consumer holds but has not used yet.
+
+`PassLoader` is the same idea for a finite dataset read in passes (epochs) through a DistributedSampler.
 """
 
 from __future__ import annotations
@@ -60,3 +62,33 @@ class ResumableLoader(StatefulDataLoader):
                 f"{world}: resume with the same trainer.devices and trainer.num_nodes"
             )
         super().load_state_dict(states[rank])
+
+
+class PassLoader(StatefulDataLoader):
+    """A StatefulDataLoader over a DistributedSampler whose saved position includes the pass (sampler epoch).
+
+    Lightning creates the resumed loader's iterator before it calls `set_epoch`, and the StatefulDataLoader
+    fast-forwards at that moment: without the epoch in the state, a run resumed in its second pass would replay
+    the first pass's order. And a position saved right after a pass's last batch would resume into an
+    exhausted iterator, so Lightning would start the pass after next. Both are saved here as "the start of pass
+    N" or "batch k of pass N", and set before the iterator exists.
+    """
+
+    def state_dict(self) -> dict:
+        state, epoch = super().state_dict(), self.sampler.epoch
+        if _batches_given(state) >= len(self):
+            return {"epoch": epoch + 1, "position": None}
+        return {"epoch": epoch, "position": state}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "epoch" not in state_dict:  # saved by a version without the pass: the first one
+            state_dict = {"epoch": 0, "position": state_dict}
+        self.sampler.set_epoch(state_dict["epoch"])
+        if state_dict["position"] is not None:
+            super().load_state_dict(state_dict["position"])
+
+
+def _batches_given(state: dict) -> int:
+    if "_snapshot" in state:  # worker processes: the last snapshot, and the batches given since
+        return state["_snapshot"]["_snapshot_step"] + state["_steps_since_snapshot"]
+    return state["_num_yielded"]
