@@ -92,7 +92,6 @@ def test_unreachable_url_names_the_fix(tmp_path):
         locate(None, (tmp_path / "missing.txt").as_uri(), None, str(tmp_path / "cache"))
 
 
-
 def _passes(loader, start: int, end: int) -> list[int]:
     order = []
     for epoch in range(start, end):
