@@ -136,7 +136,8 @@ def evaluate(cfg: DictConfig) -> Scores:
         check_matches(weights, wanted, None, "ckpt_path")
         tokens = file_tokens(Path(run.text_file).expanduser(), tokenizer)
         block = min(block, len(tokens) - 1)
-        loader = DataLoader(validation_windows(tokens, block), batch_size=cfg.data.batch_size)
+        batch_size = cfg.data.get("val_batch_size") or cfg.data.batch_size
+        loader = DataLoader(validation_windows(tokens, block), batch_size=batch_size)
         what = f"{run.text_file} (all of it)"
     else:
         cfg.block_size = block  # data.block_size follows it

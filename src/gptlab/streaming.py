@@ -68,6 +68,7 @@ class StreamConfig:
     tokenizer: str = "gpt2"
     block_size: int = 64
     batch_size: int = 16
+    val_batch_size: int | None = None  # validation windows per batch; null: batch_size (the loss is the same)
     num_workers: int = 0
     shuffle_buffer: int = 1000  # windows shuffled together, chunk by chunk; 0 or 1 keeps the packed order
     seed: int = 1337
@@ -79,6 +80,8 @@ class StreamConfig:
         for key in ("block_size", "batch_size", "val_tokens"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"data.{key} must be positive, got {getattr(self, key)}")
+        if self.val_batch_size is not None and self.val_batch_size <= 0:
+            raise ConfigError(f"data.val_batch_size must be positive or null, got {self.val_batch_size}")
         if self.num_workers < 0 or self.shuffle_buffer < 0:
             raise ConfigError("data.num_workers and data.shuffle_buffer must be >= 0")
         if self.tokenizer != "gpt2":
@@ -377,5 +380,6 @@ class StreamDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(
-            validation_windows(self.val_tokens, self.config.block_size), batch_size=self.config.batch_size
+            validation_windows(self.val_tokens, self.config.block_size),
+            batch_size=self.config.val_batch_size or self.config.batch_size,
         )
