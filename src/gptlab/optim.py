@@ -30,8 +30,7 @@ class OptimConfig:
     muon_lr: float = 0.02  # muon only: Muon's own peak lr (scaled by the same schedule)
     muon_momentum: float = 0.95
     muon_weight_decay: float = 0.0
-    min_lr: float = 1e-4  # the cosine ends here
-    fused: bool | None = None  # None: torch picks (fused kernels need a GPU to pay off)
+    muon_ns_steps: int = 5  # Newton-Schulz iterations orthogonalising each update (fewer: cheaper, rougher)
     max_bad_steps: int = 5  # stop after this many optimizer steps in a row with a non-finite loss or gradient
 
     def __post_init__(self) -> None:
@@ -51,6 +50,8 @@ class OptimConfig:
             raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0 < self.decay_fraction <= 1:
             raise ConfigError(f"optim.decay_fraction must be in (0, 1], got {self.decay_fraction}")
+        if self.muon_ns_steps < 1:
+            raise ConfigError(f"optim.muon_ns_steps must be >= 1, got {self.muon_ns_steps}")
         if not 0 <= self.muon_momentum < 1:
             raise ConfigError(f"optim.muon_momentum must be in [0, 1), got {self.muon_momentum}")
         if self.max_bad_steps < 1:
@@ -131,7 +132,11 @@ def build(model: torch.nn.Module, config: OptimConfig, total_steps: int) -> tupl
     if config.name == "muon":
         hidden, rest = muon_split(model)
         muon = torch.optim.Muon(
-            hidden, lr=config.muon_lr, momentum=config.muon_momentum, weight_decay=config.muon_weight_decay
+            hidden,
+            lr=config.muon_lr,
+            momentum=config.muon_momentum,
+            weight_decay=config.muon_weight_decay,
+            ns_steps=config.muon_ns_steps,
         )
         optimizer = CombinedOptimizer([muon, adamw(param_groups(rest, config.weight_decay))])
     else:
