@@ -34,7 +34,7 @@ from gptlab.training import train
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {  # name -> overrides; batch sizes as each recipe trains them
     "gpt_nano": ["model=gpt_nano", "data.batch_size=16"],  # for the test of this script
-    "gpt_small": ["model=gpt_small", "data.batch_size=16"],
+    "gpt_small": ["model=gpt_small", "data.batch_size=4"],
     "nanogpt_cpu": ["model=gpt_small", "model.block_size=64", "model.bias=false", "data.batch_size=12"],
     "10.7M": ["model=gpt_small", "model.n_layer=6", "model.n_head=6", "model.n_embd=384", "model.block_size=256"]
     + ["data.batch_size=64"],
@@ -42,6 +42,7 @@ SHAPES = {  # name -> overrides; batch sizes as each recipe trains them
 }
 
 
+BIG = ("10.7M", "gpt2")
 PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -161,7 +162,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="gpt_small,nanogpt_cpu,10.7M,gpt2", help=f"of {list(SHAPES)}")
     parser.add_argument("--precisions", default="32-true,bf16-mixed")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per round (gpt2: a quarter, at least 2)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per round (10.7M, gpt2: a quarter, >= 2)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of every round")
     parser.add_argument("--rounds", type=int, default=2, help="alternations Lightning / plain per row")
     parser.add_argument("--data", default=str(ROOT.parent / "shared/data/tinyshakespeare/input.txt"))
@@ -186,7 +187,7 @@ def main() -> None:
     rows = []
     for name in args.shapes.split(","):
         shape_args = argparse.Namespace(**vars(args))
-        if name == "gpt2":
+        if name in BIG:  # seconds per step on a CPU: fewer, and their noise is smaller anyway
             shape_args.steps, shape_args.warmup = max(2, args.steps // 4), min(args.warmup, 1)
         rows += (new := measure(name, args.precisions.split(","), shape_args))
         print(markdown(new, ""), flush=True)
