@@ -54,9 +54,9 @@ def rate(done: int, seconds: float, asked: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    # past block_size (gpt_small: 512), every new token needs a full forward pass with or without the cache (see
-    # GPT.generate_stream): "gpt_small:1024" is gpt_small with a context that holds 1024 new tokens too
-    parser.add_argument("--models", nargs="+", default=["gpt_small", "gpt2"])
+    # gpt_small:1024 is gpt_small with a context that holds all the new tokens: with block_size=128, tokens past the
+    # 128th each need a full forward pass with or without the cache (see GPT.generate_stream)
+    parser.add_argument("--models", nargs="+", default=["gpt_small", "gpt_small:1024", "gpt2"])
     parser.add_argument("--tokens", nargs="+", type=int, default=[128, 512, 1024])
     parser.add_argument("--time-limit", type=float, default=600.0, help="seconds per timed generation")
     parser.add_argument("--repeat", type=int, default=1, help="runs per cell, alternating; the median is shown")

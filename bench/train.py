@@ -34,7 +34,7 @@ from gptlab.training import train
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {  # name -> overrides; batch sizes as each recipe trains them
     "gpt_nano": ["model=gpt_nano", "data.batch_size=16"],  # for the test of this script
-    "gpt_small": ["model=gpt_small", "data.batch_size=4"],
+    "gpt_small": ["model=gpt_small", "data.batch_size=16"],
     "nanogpt_cpu": ["model=gpt_small", "model.block_size=64", "model.bias=false", "data.batch_size=12"],
     "10.7M": ["model=gpt_small", "model.n_layer=6", "model.n_head=6", "model.n_embd=384", "model.block_size=256"]
     + ["data.batch_size=64"],
