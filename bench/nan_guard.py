@@ -13,12 +13,11 @@ import argparse
 import statistics
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import yaml
 
-from gptlab.lit_module import GPTLitModule
+from gptlab.fault_guard import FaultGuard
 from gptlab.model import GPT, GPTConfig
 from gptlab.optim import OptimConfig, build
 
@@ -28,7 +27,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="gpt_small")
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=4)  # gpt_small's batch on tinyshakespeare
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--steps", type=int, default=6, help="steps per block")
     args = parser.parse_args()
@@ -38,8 +37,7 @@ def main() -> None:
     model = GPT(config)
     optimizer, _ = build(model, OptimConfig(), total_steps=1000)
     x = torch.randint(0, 65, (args.batch, config.block_size))
-    # the module's own guard, called on a stand-in for the LightningModule
-    guard = SimpleNamespace(bad_steps_in_a_row=0, skipped_steps=0, optim_config=OptimConfig(), log=lambda *a: None)
+    guard = FaultGuard(OptimConfig().max_bad_steps)  # the guard training uses, as the LightningModule calls it
 
     def block(guarded: bool) -> float:
         start = time.perf_counter()
@@ -48,7 +46,7 @@ def main() -> None:
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             if guarded:
-                GPTLitModule._guard_non_finite(guard, norm, optimizer)
+                guard.step(norm, optimizer)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         return (time.perf_counter() - start) / args.steps
@@ -64,7 +62,7 @@ def main() -> None:
     calls = 2000
     start = time.perf_counter()
     for _ in range(calls):
-        GPTLitModule._guard_non_finite(guard, norm, optimizer)
+        guard.step(norm, optimizer)
     alone = (time.perf_counter() - start) / calls
     print(f"model {args.model}, batch {args.batch}x{config.block_size}, {args.rounds} rounds x {args.steps} steps each")
     print(

@@ -9,6 +9,7 @@ import torch
 from torchmetrics import MeanMetric
 
 from gptlab.errors import GptlabError
+from gptlab.fault_guard import FaultGuard
 from gptlab.flops import flops_per_token, peak_flops
 from gptlab.model import GPT, GPTConfig
 from gptlab.optim import OptimConfig
@@ -33,8 +34,8 @@ class GPTLitModule(L.LightningModule):
         self._micro_batches = 0
         self._tokens_since_log = 0
         self._last_log_time: float | None = None
-        self.bad_steps_in_a_row = 0
-        self.skipped_steps = 0
+        self._logging = True  # whether this optimizer step's metrics are written
+        self.fault_guard = FaultGuard(self.optim_config.max_bad_steps)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)[0]
@@ -49,12 +50,19 @@ class GPTLitModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # one optimizer step = one accumulation window: log its mean loss, not the last micro-batch's
-        self.log("train/loss", self._loss_sum / self._micro_batches, prog_bar=True)
+        loss = self._loss_sum / self._micro_batches
         self._loss_sum, self._micro_batches = torch.zeros((), device=self._loss_sum.device), 0
-        # one lr for all groups (they differ only in weight decay), so one curve rather than one per group
-        self.log("train/lr", optimizer.param_groups[0]["lr"])
-        if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
+        self._logging = self._writes_logs()
+        if self._logging:
+            self.log("train/loss", loss, prog_bar=True)
+            # one lr for all groups (they differ only in weight decay), so one curve rather than one per group
+            self.log("train/lr", optimizer.param_groups[0]["lr"])
             self._log_throughput()
+
+    def _writes_logs(self) -> bool:
+        # Lightning writes step metrics every log_every_n_steps only, and each self.log call costs about half a
+        # millisecond (Lightning moves its result object every time): a few percent of a small model's step
+        return self.trainer._logger_connector.should_update_logs
 
     def on_fit_start(self) -> None:
         if self.trainer.loggers:  # MFU's denominator: a datasheet figure, or a matmul timed here once per process
@@ -73,29 +81,24 @@ class GPTLitModule(L.LightningModule):
         # clip here ourselves so the pre-clipping norm is logged without a second pass over the gradients
         max_norm = gradient_clip_val if gradient_clip_val else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
-        self.log("train/grad_norm", norm)
+        if self._logging:
+            self.log("train/grad_norm", norm)
         self._guard_non_finite(norm, optimizer)
 
     def _guard_non_finite(self, norm: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-        """Skip a step whose gradient (so also whose loss) is not finite; stop after optim.max_bad_steps in a row.
-
-        The check reads the one norm already computed for clipping (a host sync on a GPU, none on the CPU).
-        Skipping = dropping the gradients: AdamW leaves parameters without one, and their moments, untouched.
-        The schedule and the data still advance, as with AMP's GradScaler skipping a step.
-        """
-        if torch.isfinite(norm):
-            self.bad_steps_in_a_row = 0
-        else:
-            optimizer.zero_grad(set_to_none=True)
-            self.bad_steps_in_a_row += 1
-            self.skipped_steps += 1
-            if self.bad_steps_in_a_row >= self.optim_config.max_bad_steps:
-                ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
-                raise GptlabError(
-                    f"optim.max_bad_steps: {self.bad_steps_in_a_row} steps in a row had a non-finite loss or gradient "
-                    f"(last at step {self.trainer.global_step}); stopped. Last good checkpoint: {ckpt}"
-                )
-        self.log("train/skipped_steps", float(self.skipped_steps))
+        """Skip a step whose gradient (so also whose loss) is not finite; stop after optim.max_bad_steps in a row."""
+        guard = self.fault_guard
+        guard.on_device = self.trainer.precision != "16-mixed"  # fp16's GradScaler sets found_inf itself
+        skipped = guard.step(norm, optimizer)
+        if self._logging:
+            self.log("train/skipped_steps", skipped)
+            guard.sync()  # a host read on the GPU, but logging reads there anyway
+        if guard.tripped:
+            ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
+            raise GptlabError(
+                f"optim.max_bad_steps: {guard.in_a_row} steps in a row had a non-finite loss or gradient "
+                f"(last at step {self.trainer.global_step}); stopped. Last good checkpoint: {ckpt}"
+            )
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -118,12 +121,11 @@ class GPTLitModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tokenizer"] = self.tokenizer.state_dict()
-        checkpoint["fault_guard"] = {"in_a_row": self.bad_steps_in_a_row, "skipped": self.skipped_steps}
+        checkpoint["fault_guard"] = self.fault_guard.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # runs before the weights load, so a tokenizer mismatch is named rather than a shape error
         saved = checkpoint.get("tokenizer", checkpoint.get("hyper_parameters", {}).get("tokenizer"))
         if saved is not None:
             check_same_tokenizer(saved, self.tokenizer.state_dict())
-        guard = checkpoint.get("fault_guard", {})
-        self.bad_steps_in_a_row, self.skipped_steps = guard.get("in_a_row", 0), guard.get("skipped", 0)
+        self.fault_guard.load_state_dict(checkpoint.get("fault_guard", {}))

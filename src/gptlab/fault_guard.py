@@ -1,0 +1,60 @@
+"""Skip optimizer steps whose gradient is not finite, and stop a run after too many of them in a row.
+
+The check reads the one gradient norm already computed for clipping. Where the optimizer is fused AdamW, the
+skip happens inside its kernel (`found_inf`, the flag AMP's GradScaler uses): the parameters, moments and step
+count stay as they were, and the host never waits for the GPU; the counts are read back only at `sync()`
+(every `trainer.log_every_n_steps` steps and at each checkpoint), so a run stops at most that many steps after
+the K-th bad step in a row. Otherwise (the CPU's default AdamW, Muon, fp16 with its GradScaler) the norm is read
+on the host each step, which costs nothing on a CPU, and the gradients of a bad step are dropped: AdamW leaves
+parameters without one, and their moments, untouched. Either way the schedule and the data still advance.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    return isinstance(optimizer, torch.optim.Adam) and all(g.get("fused") for g in optimizer.param_groups)
+
+
+class FaultGuard:
+    def __init__(self, max_bad_steps: int, on_device: bool = True) -> None:
+        self.max_bad_steps = max_bad_steps
+        self.on_device = on_device  # False where AMP's GradScaler owns the optimizer's found_inf (fp16)
+        self.in_a_row = 0  # exact after sync()
+        self.skipped = 0
+        self._counts: torch.Tensor | None = None  # (in a row, skipped) on the device, between syncs
+
+    def step(self, norm: torch.Tensor, optimizer: torch.optim.Optimizer) -> torch.Tensor | float:
+        """Guard one optimizer step; returns the skipped count to log (a tensor on the device path)."""
+        if self.on_device and skips_on_device(optimizer):
+            bad = (~torch.isfinite(norm)).float()
+            optimizer.found_inf = bad
+            if self._counts is None:
+                self._counts = torch.tensor([self.in_a_row, self.skipped], dtype=torch.float32, device=norm.device)
+            self._counts = torch.stack(((self._counts[0] + 1) * bad, self._counts[1] + bad))
+            return self._counts[1]
+        if torch.isfinite(norm):
+            self.in_a_row = 0
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            self.in_a_row += 1
+            self.skipped += 1
+        return float(self.skipped)
+
+    def sync(self) -> None:
+        if self._counts is not None:
+            self.in_a_row, self.skipped = (int(v) for v in self._counts.tolist())
+
+    @property
+    def tripped(self) -> bool:
+        return self.in_a_row >= self.max_bad_steps
+
+    def state_dict(self) -> dict:
+        self.sync()
+        return {"in_a_row": self.in_a_row, "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.in_a_row, self.skipped = state.get("in_a_row", 0), state.get("skipped", 0)
+        self._counts = None
