@@ -65,6 +65,7 @@ class GPTLitModule(L.LightningModule):
         return self.trainer._logger_connector.should_update_logs
 
     def on_fit_start(self) -> None:
+        self.fault_guard.on_device = self.trainer.precision != "16-mixed"  # fp16's GradScaler sets found_inf itself
         if self.trainer.loggers:  # MFU's denominator: a datasheet figure, or a matmul timed here once per process
             self._peak_flops = peak_flops(self.trainer.precision, self.device)
 
@@ -88,7 +89,6 @@ class GPTLitModule(L.LightningModule):
     def _guard_non_finite(self, norm: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         """Skip a step whose gradient (so also whose loss) is not finite; stop after optim.max_bad_steps in a row."""
         guard = self.fault_guard
-        guard.on_device = self.trainer.precision != "16-mixed"  # fp16's GradScaler sets found_inf itself
         skipped = guard.step(norm, optimizer)
         if self._logging:
             self.log("train/skipped_steps", skipped)
