@@ -25,3 +25,11 @@ def test_bench_writes_table_and_json(tmp_path, shakespeare):
     text = md.read_text()
     assert "6N + 12·L·d·T" in text and "bf16-mixed / fp32 tokens/s for gpt_nano" in text
     assert "| gpt_nano | 32-true | lightning |" in result.stdout
+
+
+def test_muon_bench_prints_a_row_per_shape():
+    result = run_cli("../bench/muon.py", "--shapes", "speedrun_char", "--rounds", "1", "--steps", "1", cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith("| speedrun_char |")]
+    name, matrices, torch_ms, batched_ms, speedup = (c.strip() for c in row.strip("|").split("|"))
+    assert matrices == "16" and float(torch_ms) > 0 and float(batched_ms) > 0 and speedup.endswith("x")

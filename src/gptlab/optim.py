@@ -10,6 +10,7 @@ from functools import partial
 import torch
 
 from gptlab.errors import ConfigError
+from gptlab.muon import BatchedMuon
 
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd")
@@ -131,7 +132,7 @@ def build(model: torch.nn.Module, config: OptimConfig, total_steps: int) -> tupl
     adamw = partial(torch.optim.AdamW, lr=config.lr, betas=tuple(config.betas), eps=config.eps, fused=fused)
     if config.name == "muon":
         hidden, rest = muon_split(model)
-        muon = torch.optim.Muon(
+        muon = BatchedMuon(
             hidden,
             lr=config.muon_lr,
             momentum=config.muon_momentum,

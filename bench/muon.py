@@ -1,0 +1,59 @@
+"""Muon's optimizer step alone: torch.optim.Muon (one Newton-Schulz per matrix) against gptlab's BatchedMuon (one
+per shape), interleaved, on the hidden matrices of each shape, with the same gradients.
+
+    python bench/muon.py [--shapes speedrun_char gpt_small 10.7M] [--rounds 10]   (or: make bench-muon)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from gptlab.model import GPT, GPTConfig
+from gptlab.muon import BatchedMuon
+from gptlab.optim import muon_split
+
+SHAPES = {  # name -> the model's shape (the hidden matrices are all that matter here)
+    "speedrun_char": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, bias=False),
+    "gpt_small": dict(n_layer=4, n_head=4, n_embd=128, block_size=128),
+    "10.7M": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
+}
+
+
+def ms_per_step(optimizer: torch.optim.Optimizer, steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        optimizer.step()
+    return (time.perf_counter() - start) / steps * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=5, help="optimizer steps per timed block")
+    args = parser.parse_args()
+    print(f"{torch.get_num_threads()} threads, torch {torch.__version__}; medians over {args.rounds} rounds\n")
+    print("| shape | hidden matrices | torch.optim.Muon ms/step | BatchedMuon ms/step | speedup |")
+    print("|---|---:|---:|---:|---:|")
+    for name in args.shapes:
+        torch.manual_seed(0)
+        hidden, _ = muon_split(GPT(GPTConfig(vocab_size=65, **SHAPES[name])))
+        for p in hidden:
+            p.grad = torch.randn_like(p)
+        optimizers = {"torch": torch.optim.Muon(hidden, lr=1e-9), "batched": BatchedMuon(hidden, lr=1e-9)}
+        times = {k: [] for k in optimizers}
+        for opt in optimizers.values():  # warm-up
+            ms_per_step(opt, 2)
+        for _ in range(args.rounds):
+            for k, opt in optimizers.items():
+                times[k].append(ms_per_step(opt, args.steps))
+        t, b = statistics.median(times["torch"]), statistics.median(times["batched"])
+        print(f"| {name} | {len(hidden)} | {t:.1f} | {b:.1f} | {t / b:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""torch.optim.Muon with one batched Newton-Schulz per shape instead of one per matrix.
+
+A small model's hidden matrices are many and small (nanoGPT's CPU shape: 16 matrices of 4 shapes), so
+orthogonalising them one by one costs more in per-call overhead than in arithmetic: on a 2-core CPU, 20 ms of
+a 58 ms step. Stacking the matrices of one shape into a batch computes the same update (the same bf16 quintic
+iteration, coefficients, Nesterov momentum, lr adjustment and decoupled weight decay as torch.optim.Muon, whose
+arguments, checks and state layout it keeps) in about 8 ms. `make bench-muon` measures both.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch.optim._muon import _adjust_lr
+
+
+def zeropower_via_newtonschulz(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float):
+    """torch.optim.Muon's orthogonalisation of each matrix in the batch g (n, rows, cols)."""
+    a, b, c = coefficients
+    x = g.bfloat16()
+    wide = x.size(-2) > x.size(-1)
+    if wide:
+        x = x.mT
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm at most 1
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.mT if wide else x
+
+
+class BatchedMuon(torch.optim.Muon):
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, bufs = [], [], []
+            self._init_group(group, params, grads, bufs)
+            if params:
+                _update(group, params, grads, bufs)
+        return loss
+
+
+def _update(group: dict, params: list, grads: list, bufs: list) -> None:
+    momentum = group["momentum"]
+    torch._foreach_lerp_(bufs, grads, 1 - momentum)
+    updates = [g.lerp(b, momentum) for g, b in zip(grads, bufs, strict=True)] if group["nesterov"] else bufs
+    by_shape = defaultdict(list)
+    for i, p in enumerate(params):
+        by_shape[(p.shape, p.dtype, p.device)].append(i)
+    for (shape, *_), idx in by_shape.items():
+        batch = torch.stack([updates[i] for i in idx])
+        ortho = zeropower_via_newtonschulz(batch, group["ns_coefficients"], group["ns_steps"], group["eps"])
+        lr = _adjust_lr(group["lr"], group["adjust_lr_fn"], shape)
+        for i, o in zip(idx, ortho.unbind(), strict=True):
+            params[i].mul_(1 - group["lr"] * group["weight_decay"])
+            params[i].add_(o, alpha=-lr)
