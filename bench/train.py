@@ -46,12 +46,31 @@ BIG = ("10.7M", "gpt2")
 PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-class StepTimer(L.Callback):
+SEGMENTS = {
+    "forward": ("start", "forward"),
+    "backward": ("forward", "backward"),
+    "clip + optimizer": ("backward", "end"),
+}
+
+
+class StepMarks(L.Callback):
+    """perf_counter at each step's start, after its forward, after its backward and at its end (clipping and the
+    optimizer step included), as the plain loop takes them."""
+
     def __init__(self) -> None:
-        self.times: list[float] = []
+        self.steps: list[dict[str, float]] = []
+
+    def on_train_batch_start(self, *args) -> None:
+        self.steps.append({"start": time.perf_counter()})
+
+    def on_before_backward(self, *args) -> None:
+        self.steps[-1]["forward"] = time.perf_counter()
+
+    def on_after_backward(self, *args) -> None:
+        self.steps[-1]["backward"] = time.perf_counter()
 
     def on_train_batch_end(self, *args) -> None:
-        self.times.append(time.perf_counter())
+        self.steps[-1]["end"] = time.perf_counter()
 
 
 def rss_bytes() -> int:
@@ -65,14 +84,14 @@ def config(overrides: list[str], out: Path):
         return compose("train", overrides=[*overrides, f"paths.output_dir={out}"])
 
 
-def lightning_round(overrides: list[str], steps: int) -> list[float]:
-    timer = StepTimer()
+def lightning_round(overrides: list[str], steps: int) -> list[dict[str, float]]:
+    marks = StepMarks()
     with tempfile.TemporaryDirectory() as out:
-        train(config(overrides, Path(out)), extra_callbacks=[timer])
-    return timer.times
+        train(config(overrides, Path(out)), extra_callbacks=[marks])
+    return marks.steps
 
 
-def plain_round(overrides: list[str], steps: int) -> list[float]:
+def plain_round(overrides: list[str], steps: int) -> list[dict[str, float]]:
     with tempfile.TemporaryDirectory() as out:
         cfg = config(overrides, Path(out))
     run = validate(cfg)
@@ -85,20 +104,24 @@ def plain_round(overrides: list[str], steps: int) -> list[float]:
     forward = torch.compile(model.forward) if run.model.compile else model.forward
     optimizer, scheduler = build(model, run.optim, run.max_steps)
     bf16 = "bf16" in str(cfg.trainer.precision)
-    times, batches = [], iter(data.train_dataloader())
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    steps_marked, batches = [], iter(data.train_dataloader())
     for _ in range(steps):
         x, y = (t.to(device, non_blocking=True) for t in next(batches))
+        marks = {"start": time.perf_counter()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             _, loss = forward(x, y)
+        marks["forward"] = time.perf_counter()
         loss.backward()
+        marks["backward"] = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.gradient_clip_val or float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter())
-    return times
+        sync()
+        marks["end"] = time.perf_counter()
+        steps_marked.append(marks)
+    return steps_marked
 
 
 def measure(name: str, precisions: list[str], args) -> list[dict]:
@@ -112,10 +135,9 @@ def measure(name: str, precisions: list[str], args) -> list[dict]:
     for _ in range(args.rounds):
         for precision in precisions:
             for path, fn in (("lightning", lightning_round), ("plain", plain_round)):
-                ends = fn([*common, f"trainer.precision={precision}"], steps)
-                runs[(precision, path)] += [
-                    b - a for a, b in zip(ends[args.warmup : -1], ends[args.warmup + 1 :], strict=True)
-                ]
+                marks = fn([*common, f"trainer.precision={precision}"], steps)
+                # (step, next step) pairs: a step's time runs from its end to the next one's, data loading included
+                runs[(precision, path)] += list(zip(marks[args.warmup : -1], marks[args.warmup + 1 :], strict=True))
                 peak_rss[(precision, path)] = max(peak_rss[(precision, path)], rss_bytes())
     return [row(name, precision, common, runs, peak_rss, args) for precision in precisions]
 
@@ -130,11 +152,14 @@ def row(name: str, precision: str, common: list[str], runs: dict, peak_rss: dict
     peak = args.peak["bf16" if "bf16" in precision else "fp32"]
     result = {"shape": name, "precision": precision, "tokens_per_step": tokens, "flops_per_token": fpt}
     for path in ("lightning", "plain"):
-        times = runs[(precision, path)]
-        ms = statistics.median(times) * 1e3
+        pairs = runs[(precision, path)]
+        ms = statistics.median(b["end"] - a["end"] for a, b in pairs) * 1e3
         result[path] = {"ms_per_step": ms, "tokens_per_s": tokens / ms * 1e3, "mfu": tokens / ms * 1e3 * fpt / peak}
         result[path]["peak_rss_mib"] = peak_rss[(precision, path)] / 2**20
-        result[path]["steps_timed"] = len(times)
+        result[path]["steps_timed"] = len(pairs)
+        segments = {k: statistics.median(b[hi] - b[lo] for _, b in pairs) * 1e3 for k, (lo, hi) in SEGMENTS.items()}
+        segments["between steps"] = statistics.median(b["start"] - a["end"] for a, b in pairs) * 1e3
+        result[path]["segments_ms"] = segments
     result["lightning_vs_plain"] = result["lightning"]["tokens_per_s"] / result["plain"]["tokens_per_s"]
     return result
 
@@ -150,6 +175,19 @@ def markdown(rows: list[dict], header: str) -> str:
                 f"| {r['shape']} | {r['precision']} | {path} | {p['ms_per_step']:.1f} | {p['tokens_per_s']:,.0f} "
                 f"| {p['mfu']:.1%} | {p['peak_rss_mib']:,.0f} | {ratio} |"
             )
+    lines += [
+        "",
+        "Where a step's time goes, ms (medians; between steps: the next batch and the step's bookkeeping):",
+        "",
+    ]
+    lines += [
+        "| shape | precision | path | " + " | ".join([*SEGMENTS, "between steps"]) + " |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        for path in ("lightning", "plain"):
+            cells = " | ".join(f"{v:.2f}" for v in r[path]["segments_ms"].values())
+            lines.append(f"| {r['shape']} | {r['precision']} | {path} | {cells} |")
     by = {(r["shape"], r["precision"]): r for r in rows}
     for shape in dict.fromkeys(r["shape"] for r in rows):
         if (shape, "32-true") in by and (shape, "bf16-mixed") in by:

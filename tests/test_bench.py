@@ -21,15 +21,20 @@ def test_bench_writes_table_and_json(tmp_path, shakespeare):
         assert r["tokens_per_step"] == 16 * 32
         for path in ("lightning", "plain"):
             assert r[path]["steps_timed"] == 3 and r[path]["ms_per_step"] > 0 and 0 < r[path]["mfu"] < 1
+            segments = r[path]["segments_ms"]
+            assert list(segments) == ["forward", "backward", "clip + optimizer", "between steps"]
+            # the parts of a step add up to no more than the step (its median), give or take the medians' mixing
+            assert all(v > 0 for v in segments.values()) and sum(segments.values()) < 1.5 * r[path]["ms_per_step"]
         assert r["lightning_vs_plain"] > 0
     text = md.read_text()
     assert "6N + 12·L·d·T" in text and "bf16-mixed / fp32 tokens/s for gpt_nano" in text
+    assert "| gpt_nano | bf16-mixed | plain | " in text.split("Where a step's time goes")[1]
     assert "| gpt_nano | 32-true | lightning |" in result.stdout
 
 
 def test_muon_bench_prints_a_row_per_shape():
-    result = run_cli("../bench/muon.py", "--shapes", "speedrun_char", "--rounds", "1", "--steps", "1", cwd=ROOT)
+    result = run_cli("../bench/muon.py", "--shapes", "gpt_small", "--rounds", "1", "--steps", "1", cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
-    (row,) = [line for line in result.stdout.splitlines() if line.startswith("| speedrun_char |")]
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith("| gpt_small |")]
     name, matrices, torch_ms, batched_ms, speedup = (c.strip() for c in row.strip("|").split("|"))
     assert matrices == "16" and float(torch_ms) > 0 and float(batched_ms) > 0 and speedup.endswith("x")
