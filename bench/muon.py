@@ -1,7 +1,7 @@
 """Muon's optimizer step alone: torch.optim.Muon (one Newton-Schulz per matrix) against gptlab's BatchedMuon (one
 per shape), interleaved, on the hidden matrices of each shape, with the same gradients.
 
-    python bench/muon.py [--shapes speedrun_char gpt_small 10.7M] [--rounds 10]   (or: make bench-muon)
+    python bench/muon.py [--shapes gpt_small 10.7M] [--rounds 10]   (or: make bench-muon)
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from gptlab.model import GPT, GPTConfig
 from gptlab.muon import BatchedMuon
 from gptlab.optim import muon_split
 
-SHAPES = {  # name -> the model's shape (the hidden matrices are all that matter here)
-    "speedrun_char": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, bias=False),
+SHAPES = {  # name -> the model's shape; only the hidden matrices matter (speedrun_char's are gpt_small's)
     "gpt_small": dict(n_layer=4, n_head=4, n_embd=128, block_size=128),
     "10.7M": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
 }
