@@ -149,3 +149,10 @@ def test_muon_in_lightning_accumulates_and_clips_like_a_plain_step(tmp_path, sma
     optimizer.step()
     for (name, p), q in zip(trained.named_parameters(), manual.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-6), name
+
+
+def test_muon_on_a_torch_without_it_is_refused_in_one_line(monkeypatch):
+    monkeypatch.delattr(torch.optim, "Muon")
+    with pytest.raises(ConfigError, match=r"optim.name=muon needs torch >= 2.9"):
+        OptimConfig(name="muon")
+    OptimConfig(name="adamw")  # everything else still works

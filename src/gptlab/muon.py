@@ -1,18 +1,19 @@
 """torch.optim.Muon with one batched Newton-Schulz per shape instead of one per matrix.
 
 A small model's hidden matrices are many and small (nanoGPT's CPU shape: 16 matrices of 4 shapes), so
-orthogonalising them one by one costs more in per-call overhead than in arithmetic: on a 2-core CPU, 20 ms of
-a 58 ms step. Stacking the matrices of one shape into a batch computes the same update (the same bf16 quintic
-iteration, coefficients, Nesterov momentum, lr adjustment and decoupled weight decay as torch.optim.Muon, whose
-arguments, checks and state layout it keeps) in about 8 ms. `make bench-muon` measures both.
+orthogonalising them one by one costs more in per-call overhead than in arithmetic: on a 2-core CPU, about 15 ms
+of a 58 ms step. Stacking the matrices of one shape into a batch computes the same update, to the bit (the same
+bf16 quintic iteration, coefficients, Nesterov momentum, lr adjustment and decoupled weight decay as
+torch.optim.Muon, whose arguments, checks and state layout it keeps), in about 10 ms. `make bench-muon` times both.
+Needs torch >= 2.9, the first with torch.optim.Muon (gptlab.optim imports this module only for optim.name=muon).
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import torch
-from torch.optim._muon import _adjust_lr
 
 
 def zeropower_via_newtonschulz(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float):
@@ -54,7 +55,16 @@ def _update(group: dict, params: list, grads: list, bufs: list) -> None:
     for (shape, *_), idx in by_shape.items():
         batch = torch.stack([updates[i] for i in idx])
         ortho = zeropower_via_newtonschulz(batch, group["ns_coefficients"], group["ns_steps"], group["eps"])
-        lr = _adjust_lr(group["lr"], group["adjust_lr_fn"], shape)
+        lr = group["lr"] * _lr_scale(group["adjust_lr_fn"], *shape)
         for i, o in zip(idx, ortho.unbind(), strict=True):
             params[i].mul_(1 - group["lr"] * group["weight_decay"])
             params[i].add_(o, alpha=-lr)
+
+
+def _lr_scale(adjust_lr_fn: str | None, rows: int, cols: int) -> float:
+    # torch.optim.Muon's own rule (its private _adjust_lr), kept here rather than imported from a private module
+    if adjust_lr_fn in (None, "original"):
+        return math.sqrt(max(1, rows / cols))
+    if adjust_lr_fn == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(rows, cols))
+    return 1.0

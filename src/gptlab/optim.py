@@ -10,7 +10,6 @@ from functools import partial
 import torch
 
 from gptlab.errors import ConfigError
-from gptlab.muon import BatchedMuon
 
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd")
@@ -37,6 +36,8 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
             raise ConfigError(f"optim.name must be one of {OPTIMIZERS}, got {self.name!r}")
+        if self.name == "muon" and not hasattr(torch.optim, "Muon"):
+            raise ConfigError(f"optim.name=muon needs torch >= 2.9 (torch.optim.Muon), this is {torch.__version__}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"optim.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not self.lr > 0:
@@ -131,6 +132,8 @@ def build(model: torch.nn.Module, config: OptimConfig, total_steps: int) -> tupl
     fused = next(model.parameters()).is_cuda if config.fused is None else config.fused
     adamw = partial(torch.optim.AdamW, lr=config.lr, betas=tuple(config.betas), eps=config.eps, fused=fused)
     if config.name == "muon":
+        from gptlab.muon import BatchedMuon  # torch >= 2.9 only, which OptimConfig checked
+
         hidden, rest = muon_split(model)
         muon = BatchedMuon(
             hidden,
