@@ -46,6 +46,7 @@ BIG = ("10.7M", "gpt2")
 PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
+# a step's parts, between its marks; on a GPU only "end" waits for the kernels, so the others are launch times
 SEGMENTS = {
     "forward": ("start", "forward"),
     "backward": ("forward", "backward"),
