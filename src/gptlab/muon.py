@@ -20,14 +20,14 @@ def zeropower_via_newtonschulz(g: torch.Tensor, coefficients: tuple[float, float
     """torch.optim.Muon's orthogonalisation of each matrix in the batch g (n, rows, cols)."""
     a, b, c = coefficients
     x = g.bfloat16()
-    wide = x.size(-2) > x.size(-1)
-    if wide:
+    tall = x.size(-2) > x.size(-1)
+    if tall:  # iterate on the wide orientation: the Gram matrix is then the smaller one
         x = x.mT
     x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm at most 1
     for _ in range(steps):
         gram = x @ x.mT
         x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.mT if wide else x
+    return x.mT if tall else x
 
 
 class BatchedMuon(torch.optim.Muon):
@@ -49,6 +49,7 @@ def _update(group: dict, params: list, grads: list, bufs: list) -> None:
     momentum = group["momentum"]
     torch._foreach_lerp_(bufs, grads, 1 - momentum)
     updates = [g.lerp(b, momentum) for g, b in zip(grads, bufs, strict=True)] if group["nesterov"] else bufs
+    torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])  # decoupled weight decay
     by_shape = defaultdict(list)
     for i, p in enumerate(params):
         by_shape[(p.shape, p.dtype, p.device)].append(i)
@@ -57,7 +58,6 @@ def _update(group: dict, params: list, grads: list, bufs: list) -> None:
         ortho = zeropower_via_newtonschulz(batch, group["ns_coefficients"], group["ns_steps"], group["eps"])
         lr = group["lr"] * _lr_scale(group["adjust_lr_fn"], *shape)
         for i, o in zip(idx, ortho.unbind(), strict=True):
-            params[i].mul_(1 - group["lr"] * group["weight_decay"])
             params[i].add_(o, alpha=-lr)
 
 
