@@ -112,11 +112,29 @@ def test_warmup_stable_decay_schedule():
         ({"schedule": "step"}, "optim.schedule"),
         ({"decay_fraction": 0}, "optim.decay_fraction"),
         ({"muon_lr": -1}, "optim.muon_lr"),
+        ({"seq_len_warmup": {64: 0.6, 32: 0.7}}, "optim.seq_len_warmup"),  # longer windows must come later
+        ({"seq_len_warmup": {32: 1.0}}, "optim.seq_len_warmup"),  # and end before the run does
+        ({"seq_len_warmup": {0: 0.5}}, "optim.seq_len_warmup"),
     ],
 )
 def test_optim_config_rejects_invalid_values(kw, key):
     with pytest.raises(ConfigError, match=key):
         OptimConfig(**kw)
+
+
+def test_seq_len_warmup_phases():
+    config = OptimConfig(seq_len_warmup={128: 0.3, 256: 0.6})
+    lengths = [config.seq_len(step, 2500) for step in (0, 749, 750, 1499, 1500, 2499)]
+    assert lengths == [128, 128, 256, 256, None, None]
+    assert OptimConfig().seq_len(0, 10) is None
+
+
+def test_seq_len_warmup_lengths_must_divide_the_block(tmp_path):
+    from gptlab.schema import validate
+
+    cfg = make_config(["model.block_size=512", "optim.seq_len_warmup={100:0.5}"], tmp_path)
+    with pytest.raises(ConfigError, match=r"optim.seq_len_warmup: window lengths \[100\] .* divide it"):
+        validate(cfg)
 
 
 def test_muon_in_lightning_accumulates_and_clips_like_a_plain_step(tmp_path, small_corpus, monkeypatch):

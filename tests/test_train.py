@@ -7,6 +7,7 @@ import torch
 
 from conftest import FAST, make_config
 from gptlab.lit_module import GPTLitModule
+from gptlab.model import GPT
 from gptlab.training import train
 from tb import hparams_of, load_events, metrics_of, scalars
 
@@ -78,6 +79,22 @@ def test_train_loss_is_the_mean_over_the_accumulation_window(tmp_path, small_cor
     assert len(micro) == 15 and len(logged) == 5
     for i, value in enumerate(logged):
         assert value == pytest.approx(sum(micro[3 * i : 3 * i + 3]) / 3, rel=1e-6)
+
+
+def test_seq_len_warmup_cuts_the_windows_then_trains_on_the_full_context(tmp_path, small_corpus, monkeypatch):
+    seen = []
+    forward = GPT.forward
+
+    def spy(self, idx, targets=None, pos_offset=0):
+        if self.training:
+            seen.append(tuple(idx.shape))
+            assert torch.equal(idx[:, 1:], targets[:, :-1])  # every row still a window: targets are its next tokens
+        return forward(self, idx, targets, pos_offset)
+
+    monkeypatch.setattr(GPT, "forward", spy)
+    warmup = "optim.seq_len_warmup={8:0.2,16:0.5}"
+    fit(tmp_path, small_corpus, "trainer.max_steps=10", "trainer.val_check_interval=10", warmup)
+    assert seen == [(64, 8)] * 2 + [(32, 16)] * 3 + [(16, 32)] * 5  # gpt_nano's block 32, batches of 16
 
 
 def test_resume_continues_at_the_saved_step(tmp_path, small_corpus):

@@ -41,12 +41,19 @@ class GPTLitModule(L.LightningModule):
         return self.model(idx)[0]
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
+        x, y = self._warmup_windows(*batch)
         _, loss = self._forward(x, y)
         self._loss_sum = self._loss_sum.to(loss.device) + loss.detach()
         self._micro_batches += 1
         self._tokens_since_log += y.numel()
         return loss
+
+    def _warmup_windows(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """optim.seq_len_warmup: the batch's windows cut into shorter ones (every target keeps its input)."""
+        length = self.optim_config.seq_len(self.trainer.global_step, self.trainer.max_steps)
+        if length is None or length >= x.size(1):
+            return x, y
+        return x.reshape(-1, length), y.reshape(-1, length)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # one optimizer step = one accumulation window: log its mean loss, not the last micro-batch's
