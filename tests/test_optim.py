@@ -112,9 +112,12 @@ def test_warmup_stable_decay_schedule():
         ({"schedule": "step"}, "optim.schedule"),
         ({"decay_fraction": 0}, "optim.decay_fraction"),
         ({"muon_lr": -1}, "optim.muon_lr"),
-        ({"seq_len_warmup": {64: 0.6, 32: 0.7}}, "optim.seq_len_warmup"),  # longer windows must come later
-        ({"seq_len_warmup": {32: 1.0}}, "optim.seq_len_warmup"),  # and end before the run does
-        ({"seq_len_warmup": {0: 0.5}}, "optim.seq_len_warmup"),
+        ({"seq_len_warmup": [[64, 0.6], [32, 0.7]]}, "optim.seq_len_warmup"),  # longer windows must come later
+        ({"seq_len_warmup": [[32, 0.6], [64, 0.5]]}, "optim.seq_len_warmup"),
+        ({"seq_len_warmup": [[32, 1.0]]}, "optim.seq_len_warmup"),  # and end before the run does
+        ({"seq_len_warmup": [[0, 0.5]]}, "optim.seq_len_warmup"),
+        ({"seq_len_warmup": [[32.5, 0.5]]}, "optim.seq_len_warmup"),
+        ({"seq_len_warmup": [[32]]}, "optim.seq_len_warmup"),
     ],
 )
 def test_optim_config_rejects_invalid_values(kw, key):
@@ -123,7 +126,7 @@ def test_optim_config_rejects_invalid_values(kw, key):
 
 
 def test_seq_len_warmup_phases():
-    config = OptimConfig(seq_len_warmup={128: 0.3, 256: 0.6})
+    config = OptimConfig(seq_len_warmup=[[128.0, 0.3], [256, 0.6]])  # 128.0: as OmegaConf types it
     lengths = [config.seq_len(step, 2500) for step in (0, 749, 750, 1499, 1500, 2499)]
     assert lengths == [128, 128, 256, 256, None, None]
     assert OptimConfig().seq_len(0, 10) is None
@@ -132,9 +135,10 @@ def test_seq_len_warmup_phases():
 def test_seq_len_warmup_lengths_must_divide_the_block(tmp_path):
     from gptlab.schema import validate
 
-    cfg = make_config(["model.block_size=512", "optim.seq_len_warmup={100:0.5}"], tmp_path)
-    with pytest.raises(ConfigError, match=r"optim.seq_len_warmup: window lengths \[100\] .* divide it"):
+    cfg = make_config(["model.block_size=512", "optim.seq_len_warmup=[[100,0.5],[1024,0.6]]"], tmp_path)
+    with pytest.raises(ConfigError, match=r"optim.seq_len_warmup: window lengths \[100\] must divide data.block_size"):
         validate(cfg)
+    validate(make_config(["model.block_size=64"], tmp_path))  # the default [[128, 0.3], [256, 0.6]]: no warmup
 
 
 def test_muon_in_lightning_accumulates_and_clips_like_a_plain_step(tmp_path, small_corpus, monkeypatch):
@@ -151,7 +155,8 @@ def test_muon_in_lightning_accumulates_and_clips_like_a_plain_step(tmp_path, sma
     monkeypatch.setattr(GPTLitModule, "training_step", training_step)
     module = {}
     monkeypatch.setattr(GPTLitModule, "on_train_end", lambda self: module.setdefault("m", self))
-    overrides = ["optim.name=muon", "optim.warmup_steps=0", "trainer.max_steps=1", "trainer.accumulate_grad_batches=2"]
+    overrides = ["optim.name=muon", "optim.lr=1e-3", "optim.warmup_steps=0", "trainer.max_steps=1"]
+    overrides += ["trainer.accumulate_grad_batches=2"]
     overrides += ["trainer.gradient_clip_val=0.05", "trainer.val_check_interval=2", "trainer.precision=32-true"]
     train(make_config([*FAST, f"data.path={small_corpus}", *overrides], tmp_path / "run"))
     trained = module["m"].model

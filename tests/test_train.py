@@ -92,7 +92,7 @@ def test_seq_len_warmup_cuts_the_windows_then_trains_on_the_full_context(tmp_pat
         return forward(self, idx, targets, pos_offset)
 
     monkeypatch.setattr(GPT, "forward", spy)
-    warmup = "optim.seq_len_warmup={8:0.2,16:0.5}"
+    warmup = "optim.seq_len_warmup=[[8,0.2],[16,0.5],[64,0.7]]"  # 64: longer than the context, so no cut
     fit(tmp_path, small_corpus, "trainer.max_steps=10", "trainer.val_check_interval=10", warmup)
     assert seen == [(64, 8)] * 2 + [(32, 16)] * 3 + [(16, 32)] * 5  # gpt_nano's block 32, batches of 16
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import ChainMap
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import torch
 
@@ -32,10 +34,11 @@ class OptimConfig:
     muon_weight_decay: float = 0.0
     muon_ns_steps: int = 5  # Newton-Schulz iterations orthogonalising each update (fewer: cheaper, rougher)
     max_bad_steps: int = 5  # stop after this many optimizer steps in a row with a non-finite loss or gradient
-    # sequence-length warmup, {length: until}: {128: 0.3, 256: 0.6} trains on windows of 128 tokens for the first
-    # 30% of the steps, 256 until 60%, then data.block_size. Each batch's windows are cut into the shorter ones, so a
-    # step sees the same tokens; learned positions past the short lengths are learned once the windows reach them
-    seq_len_warmup: dict[int, float] | None = None
+    # sequence-length warmup, [[length, until], ...]: [[128, 0.3], [256, 0.6]] trains on windows of 128 tokens for
+    # the first 30% of the steps, 256 until 60%, then data.block_size. Each batch's windows are cut into the shorter
+    # ones, so a step sees the same tokens; learned positions past the short lengths are learned once the windows
+    # reach them. Lengths at or above data.block_size change nothing (a 64-token context has no warmup)
+    seq_len_warmup: list[Any] | None = None
 
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
@@ -64,18 +67,26 @@ class OptimConfig:
             raise ConfigError(f"optim.max_bad_steps must be >= 1, got {self.max_bad_steps}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {list(self.betas)}")
-        warmup = self.seq_len_warmup or {}
-        untils = [until for _, until in sorted(warmup.items())]
-        if min(warmup, default=1) < 1 or not all(a < b for a, b in zip([0, *untils], [*untils, 1], strict=True)):
-            raise ConfigError(
-                "optim.seq_len_warmup must map window lengths >= 1 to fractions of the steps in (0, 1) that grow "
-                f"with the length, got {self.seq_len_warmup}"
-            )
+        self.seq_len_warmup = [[int(n), until] for n, until in warmup_phases(self.seq_len_warmup)] or None
 
     def seq_len(self, step: int, max_steps: int) -> int | None:
         """The warmup's window length at this step; None once the windows are data.block_size long."""
-        phases = sorted((self.seq_len_warmup or {}).items())
-        return next((n for n, until in phases if step < until * max_steps), None)
+        return next((n for n, until in self.seq_len_warmup or [] if step < until * max_steps), None)
+
+
+def warmup_phases(value: list | None) -> list[tuple[float, float]]:
+    """optim.seq_len_warmup's [length, until] pairs: whole lengths >= 1, fractions in (0, 1), both growing."""
+    phases = [tuple(p) if isinstance(p, list | tuple) else (p,) for p in value or []]
+    numbers = all(len(p) == 2 and all(isinstance(v, int | float) for v in p) for p in phases)
+    if numbers:  # lengths above 0 and fractions in (0, 1), both strictly growing
+        lengths, untils = zip((0, 0), *phases, (math.inf, 1), strict=True)
+        growing = all(a < b for seq in (lengths, untils) for a, b in itertools.pairwise(seq))
+    if not numbers or not growing or any(n != int(n) for n, _ in phases):
+        raise ConfigError(
+            "optim.seq_len_warmup must be [[length, until], ...] with whole lengths >= 1 and fractions of the steps "
+            f"in (0, 1), both growing, got {value}"
+        )
+    return phases
 
 
 def param_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:

@@ -44,10 +44,11 @@ def validate(cfg: DictConfig) -> RunConfig:
         raise ConfigError(f"trainer.max_steps must be a positive integer (the run's horizon), got {run.max_steps!r}")
     if run.data.block_size > run.model.block_size:
         raise ConfigError(f"data.block_size ({run.data.block_size}) exceeds model.block_size ({run.model.block_size})")
-    if bad := [n for n in run.optim.seq_len_warmup or {} if run.data.block_size % n or n >= run.data.block_size]:
+    block = run.data.block_size
+    if bad := [n for n, _ in run.optim.seq_len_warmup or [] if n < block and block % n]:
         raise ConfigError(
-            f"optim.seq_len_warmup: window lengths {bad} must be shorter than data.block_size "
-            f"({run.data.block_size}) and divide it"
+            f"optim.seq_len_warmup: window lengths {bad} must divide data.block_size ({block}) "
+            "(or set optim.seq_len_warmup=null)"
         )
     if run.optim.warmup_steps >= run.max_steps:
         raise ConfigError(
