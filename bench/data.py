@@ -27,7 +27,7 @@ from gptlab.streaming import StreamConfig, StreamDataModule
 from gptlab.token_cache import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCK, BATCH = 128, 16  # gpt_small's context and the default batch
+BLOCK, BATCH = 128, 16  # experiment=gpt_small_default's context and batch
 H100_GPT2_SMALL = 500_000  # tokens/s GPT-2 small consumes on one H100 (the figure)
 
 

@@ -27,7 +27,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="gpt_small")
-    parser.add_argument("--batch", type=int, default=16)  # gpt_small's batch on tinyshakespeare
+    parser.add_argument("--batch", type=int, default=4)  # gpt_small's batch on tinyshakespeare
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--steps", type=int, default=6, help="steps per block")
     args = parser.parse_args()

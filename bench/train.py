@@ -34,7 +34,8 @@ from gptlab.training import train
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {  # name -> overrides; batch sizes as each recipe trains them
     "gpt_nano": ["model=gpt_nano", "data.batch_size=16"],  # for the test of this script
-    "gpt_small": ["model=gpt_small", "data.batch_size=16"],
+    # the README's figures' shape (experiment=gpt_small_default); the preset's context is 512 since they were taken
+    "gpt_small": ["model=gpt_small", "model.block_size=128", "data.batch_size=16"],
     "nanogpt_cpu": ["model=gpt_small", "model.block_size=64", "model.bias=false", "data.batch_size=12"],
     "10.7M": ["model=gpt_small", "model.n_layer=6", "model.n_head=6", "model.n_embd=384", "model.block_size=256"]
     + ["data.batch_size=64"],
@@ -130,7 +131,8 @@ def measure(name: str, precisions: list[str], args) -> list[dict]:
     steps = args.warmup + args.steps + 1  # +1: the first end only starts the clock
     common = [*SHAPES[name], f"data.path={args.data}", *args.set]
     common += [f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "+trainer.limit_val_batches=1"]
-    common += ["optim.warmup_steps=0", "sample.max_new_tokens=1", "callbacks.text_sampler.max_new_tokens=1"]
+    common += ["optim.warmup_steps=0", "optim.seq_len_warmup=null"]  # every step the full windows
+    common += ["sample.max_new_tokens=1", "callbacks.text_sampler.max_new_tokens=1"]
     runs = {(p, path): [] for p in precisions for path in ("lightning", "plain")}
     peak_rss = dict.fromkeys(runs, 0)
     for _ in range(args.rounds):

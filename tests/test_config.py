@@ -99,7 +99,7 @@ def test_env_var_points_at_the_corpus(tmp_path, monkeypatch):
         (["model.n_layer=abc"], "model.n_layer: Value 'abc'"),
         (["model.n_embd=100", "model.n_head=3"], "divisible by model.n_head"),
         (["model.n_layer=-1"], "model.n_layer must be a positive integer"),
-        (["data.block_size=999"], r"data.block_size \(999\) exceeds model.block_size \(128\)"),
+        (["data.block_size=999"], r"data.block_size \(999\) exceeds model.block_size \(512\)"),
         (["optim.warmup_steps=5000"], r"optim.warmup_steps \(5000\) must be shorter than trainer.max_steps"),
         (["optim.lr=0"], "optim.lr must be positive"),
         (["trainer.max_steps=-1"], "trainer.max_steps must be a positive integer"),
@@ -125,5 +125,5 @@ def test_text_file_data_requires_a_path(tmp_path):
     with pytest.raises(ConfigError, match="data.path: Missing mandatory value"):
         validate(make_config(["data=text_file"], tmp_path))
     corpus = tmp_path / "mine.txt"
-    corpus.write_text("my own words " * 200)  # big enough for one validation window
+    corpus.write_text("my own words " * 500)  # big enough for one validation window of gpt_small's 512
     assert validate(make_config(["data=text_file", f"data.path={corpus}"], tmp_path)).data.path == str(corpus)
