@@ -1,10 +1,11 @@
 """Lightning's real training path against a plain PyTorch loop, interleaved in one process: `make bench`.
 
 For each shape, every round runs, for each precision in turn, gptlab.training.train (the Lightning Trainer with
-the configured callbacks, TensorBoard logging and progress bar) and then a plain loop over the same data module,
-model, optimizer, schedule, clipping and precision: both ratios (Lightning / plain, bf16 / fp32) come from
-measurements interleaved in time. Per-step wall time runs from one step's end to the next (data
-loading included); the first `--warmup` steps of every round are dropped. Figures are medians.
+the configured callbacks, TensorBoard logging and progress bar) and a plain loop over the same data module, model,
+optimizer, schedule, clipping and precision, one right after the other, in an order that flips every round.
+Per-step wall time runs from one step's end to the next (data loading included); the first `--warmup` steps of
+every round are dropped. ms/step and tokens/s are medians over all rounds' steps; Lightning/plain is the median
+of the rounds' own ratios (each pair ran side by side in time), with their range.
 """
 
 from __future__ import annotations
@@ -133,14 +134,18 @@ def measure(name: str, precisions: list[str], args) -> list[dict]:
     common += [f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "+trainer.limit_val_batches=1"]
     common += ["optim.warmup_steps=0", "optim.seq_len_warmup=null"]  # every step the full windows
     common += ["sample.max_new_tokens=1", "callbacks.text_sampler.max_new_tokens=1"]
-    runs = {(p, path): [] for p in precisions for path in ("lightning", "plain")}
+    runs = {(p, path): [] for p in precisions for path in ("lightning", "plain")}  # per round: its step pairs
     peak_rss = dict.fromkeys(runs, 0)
-    for _ in range(args.rounds):
+    paths = {"lightning": lightning_round, "plain": plain_round}
+    for i in range(args.rounds):
         for precision in precisions:
-            for path, fn in (("lightning", lightning_round), ("plain", plain_round)):
-                marks = fn([*common, f"trainer.precision={precision}"], steps)
+            # ABBA: the order flips every round, so a drift in machine speed favours neither path
+            for path in list(paths) if i % 2 == 0 else list(paths)[::-1]:
+                marks = paths[path]([*common, f"trainer.precision={precision}"], steps)
                 # (step, next step) pairs: a step's time runs from its end to the next one's, data loading included
-                runs[(precision, path)] += list(zip(marks[args.warmup : -1], marks[args.warmup + 1 :], strict=True))
+                runs[(precision, path)].append(
+                    list(zip(marks[args.warmup : -1], marks[args.warmup + 1 :], strict=True))
+                )
                 peak_rss[(precision, path)] = max(peak_rss[(precision, path)], rss_bytes())
     return [row(name, precision, common, runs, peak_rss, args) for precision in precisions]
 
@@ -155,28 +160,45 @@ def row(name: str, precision: str, common: list[str], runs: dict, peak_rss: dict
     peak = args.peak["bf16" if "bf16" in precision else "fp32"]
     result = {"shape": name, "precision": precision, "tokens_per_step": tokens, "flops_per_token": fpt}
     for path in ("lightning", "plain"):
-        pairs = runs[(precision, path)]
-        ms = statistics.median(b["end"] - a["end"] for a, b in pairs) * 1e3
+        pairs = [pair for one_round in runs[(precision, path)] for pair in one_round]
+        ms = median_step_ms(pairs)
         result[path] = {"ms_per_step": ms, "tokens_per_s": tokens / ms * 1e3, "mfu": tokens / ms * 1e3 * fpt / peak}
         result[path]["peak_rss_mib"] = peak_rss[(precision, path)] / 2**20
         result[path]["steps_timed"] = len(pairs)
         segments = {k: statistics.median(b[hi] - b[lo] for _, b in pairs) * 1e3 for k, (lo, hi) in SEGMENTS.items()}
         segments["between steps"] = statistics.median(b["start"] - a["end"] for a, b in pairs) * 1e3
         result[path]["segments_ms"] = segments
-    result["lightning_vs_plain"] = result["lightning"]["tokens_per_s"] / result["plain"]["tokens_per_s"]
+    # each round's Lightning run against the plain run next to it in time, then the median over rounds: a pooled
+    # median would let a slow minute that fell on one path's runs decide the ratio
+    by_round = zip(runs[(precision, "lightning")], runs[(precision, "plain")], strict=True)
+    result["lightning_vs_plain_by_round"] = [median_step_ms(p) / median_step_ms(lit) for lit, p in by_round]
+    result["lightning_vs_plain"] = statistics.median(result["lightning_vs_plain_by_round"])
     return result
 
 
+def median_step_ms(pairs: list[tuple[dict, dict]]) -> float:
+    return statistics.median(b["end"] - a["end"] for a, b in pairs) * 1e3
+
+
 def markdown(rows: list[dict], header: str) -> str:
-    lines = [header, "", "| shape | precision | path | ms/step | tokens/s | MFU | peak RSS MiB | Lightning/plain |"]
+    lines = [
+        header,
+        "",
+        "| shape | precision | path | ms/step | tokens/s | MFU | peak RSS MiB | Lightning/plain (rounds) |",
+    ]
     lines.append("|---|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
         for path in ("lightning", "plain"):
             p = r[path]
-            ratio = f"{r['lightning_vs_plain']:.3f}" if path == "lightning" else ""
+            by_round = r["lightning_vs_plain_by_round"]
+            ratio = (
+                f"{r['lightning_vs_plain']:.3f} ({min(by_round):.2f}–{max(by_round):.2f})"
+                if path == "lightning"
+                else ""
+            )
             lines.append(
                 f"| {r['shape']} | {r['precision']} | {path} | {p['ms_per_step']:.1f} | {p['tokens_per_s']:,.0f} "
-                f"| {p['mfu']:.1%} | {p['peak_rss_mib']:,.0f} | {ratio} |"
+                f"| {p['mfu']:.1%} | {p['peak_rss_mib']:,.0f} | {ratio if path == 'lightning' else ''} |"
             )
     lines += [
         "",
@@ -203,9 +225,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="gpt_small,nanogpt_cpu,10.7M,gpt2", help=f"of {list(SHAPES)}")
     parser.add_argument("--precisions", default="32-true,bf16-mixed")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per round (10.7M, gpt2: a quarter, >= 2)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per round (10.7M, gpt2: half, >= 2)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of every round")
-    parser.add_argument("--rounds", type=int, default=2, help="alternations Lightning / plain per row")
+    parser.add_argument("--rounds", type=int, default=6, help="Lightning / plain pairs per row (10.7M, gpt2: a third)")
     parser.add_argument("--data", default=str(ROOT.parent / "shared/data/tinyshakespeare/input.txt"))
     parser.add_argument(
         "--set", nargs="*", default=[], help="more Hydra overrides, e.g. trainer=gpu model.compile=true"
@@ -231,7 +253,8 @@ def main() -> None:
     for name in args.shapes.split(","):
         shape_args = argparse.Namespace(**vars(args))
         if name in BIG:  # seconds per step on a CPU: fewer, and their noise is smaller anyway
-            shape_args.steps, shape_args.warmup = max(2, args.steps // 4), min(args.warmup, 1)
+            shape_args.steps, shape_args.warmup = max(2, args.steps // 2), min(args.warmup, 1)
+            shape_args.rounds = max(1, args.rounds // 3)
         rows += (new := measure(name, args.precisions.split(","), shape_args))
         print(markdown(new, ""), flush=True)
     header += f"; load average at the end {' '.join(f'{x:.2f}' for x in _load())}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import lightning as L
 import torch
@@ -15,6 +16,11 @@ from gptlab.model import GPT, GPTConfig
 from gptlab.optim import OptimConfig
 from gptlab.optim import build as build_optimizer
 from gptlab.tokenizer import check_same_tokenizer, tokenizer_from_state
+
+# attributes set every step that are never parameters, buffers or modules (see GPTLitModule.__setattr__)
+_PLAIN_ATTRIBUTES = frozenset(
+    {"_current_fx_name", "_loss_sum", "_micro_batches", "_tokens_since_log", "_logging", "_last_log_time"}
+)
 
 
 class GPTLitModule(L.LightningModule):
@@ -36,6 +42,15 @@ class GPTLitModule(L.LightningModule):
         self._last_log_time: float | None = None
         self._logging = True  # whether this optimizer step's metrics are written
         self.fault_guard = FaultGuard(self.optim_config.max_bad_steps)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning names the running hook in _current_fx_name some 50 times a step, and the counters above change
+        # every step; nn.Module's checks for parameters, buffers and submodules cost microseconds each time, and
+        # none of these values is one
+        if name in _PLAIN_ATTRIBUTES:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)[0]

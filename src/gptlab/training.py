@@ -27,6 +27,7 @@ from gptlab.datamodule import CharDataModule, DataConfig
 from gptlab.errors import ConfigError
 from gptlab.lit_module import GPTLitModule
 from gptlab.precision import resolve_precision
+from gptlab.profiler import NoProfiler
 from gptlab.reliability import Interruptions, RNGState, plugins
 from gptlab.sampling import sample_text
 from gptlab.schema import RunConfig, validate
@@ -75,8 +76,14 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator, run.model.n_embd)
     if torch.cuda.is_available() and cfg.trainer.accelerator in ("gpu", "cuda", "auto"):
         torch.set_float32_matmul_precision("high")  # TF32 for whatever still runs in fp32
+    unprofiled = {} if cfg.trainer.get("profiler") else {"profiler": NoProfiler()}
     trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers, precision=precision, plugins=plugins(run.reliability)
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers,
+        precision=precision,
+        plugins=plugins(run.reliability),
+        **unprofiled,
     )
 
     if trainer.is_global_zero:
