@@ -127,3 +127,35 @@ def test_bf16_mixed_precision_trains_on_the_cpu(tmp_path, small_corpus):
         tmp_path, small_corpus, "trainer.max_steps=4", "trainer.val_check_interval=4", "trainer.precision=bf16-mixed"
     )
     assert math.isfinite(val_loss) and val_loss < 5
+
+
+def test_final_sample_is_the_last_validations_when_it_ran_at_the_end(tmp_path, small_corpus, monkeypatch, capsys):
+    import gptlab.callbacks
+    import gptlab.training
+
+    drawn = []
+
+    def counting(model, tokenizer, config):
+        drawn.append(config.max_new_tokens)
+        return f"text {len(drawn)}"
+
+    monkeypatch.setattr(gptlab.callbacks, "sample_text", counting)
+    monkeypatch.setattr(gptlab.training, "sample_text", counting)
+    # validations at steps 3 and 6, the last step: the printed sample is the one step 6 logged, drawn once
+    fit(tmp_path, small_corpus, "trainer.max_steps=6", "trainer.val_check_interval=3", name="end")
+    assert drawn == [20, 20] and "--- sample from the final model ---\ntext 2\n" in capsys.readouterr().out
+    # no validation at the last step (6 is not a multiple of 4): a fresh sample from the final weights
+    drawn.clear()
+    fit(tmp_path, small_corpus, "trainer.max_steps=6", "trainer.val_check_interval=4", name="mid")
+    assert drawn == [20, 20] and "text 2" in capsys.readouterr().out
+    # other settings than the callback's: a fresh sample too
+    drawn.clear()
+    fit(
+        tmp_path,
+        small_corpus,
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=3",
+        "sample.max_new_tokens=7",
+        name="other",
+    )
+    assert drawn == [20, 20, 7]

@@ -27,6 +27,13 @@ class TextSampler(L.Callback):
 
     def __init__(self, **sample):
         self.config = SampleConfig(**sample)
+        self.latest: tuple[int, str] | None = None  # (step, text) of the last sample
+
+    def text_at(self, step: int, config: SampleConfig) -> str | None:
+        """The sample already drawn at this step with this config, if there is one (the final print reuses it)."""
+        if self.latest is not None and self.latest[0] == step and self.config == config:
+            return self.latest[1]
+        return None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and (writer := tensorboard_writer(trainer)):
@@ -37,6 +44,7 @@ class TextSampler(L.Callback):
             return
         if writer := tensorboard_writer(trainer):
             text = sample_text(pl_module.model, pl_module.tokenizer, self.config)
+            self.latest = (trainer.global_step, text)
             # markdown: indent four spaces so line breaks survive TensorBoard's renderer
             writer.add_text("samples", "    " + text.replace("\n", "\n    "), trainer.global_step)
 

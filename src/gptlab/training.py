@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from gptlab.callbacks import HPARAMS_METRICS, flatten, log_hparams, markdown_table
+from gptlab.callbacks import HPARAMS_METRICS, TextSampler, flatten, log_hparams, markdown_table
 from gptlab.checkpoint import (
     Pretrained,
     check_compatible,
@@ -29,7 +29,7 @@ from gptlab.lit_module import GPTLitModule
 from gptlab.precision import resolve_precision
 from gptlab.profiler import NoProfiler
 from gptlab.reliability import Interruptions, RNGState, plugins
-from gptlab.sampling import sample_text
+from gptlab.sampling import SampleConfig, sample_text
 from gptlab.schema import RunConfig, validate
 from gptlab.streaming import StreamConfig, StreamDataModule
 
@@ -101,11 +101,18 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
 
     val_loss = trainer.callback_metrics.get("val/loss")
     if trainer.is_global_zero:
-        sample = sample_text(module.model, module.tokenizer, run.sample)
+        sample = final_sample(module, run.sample, trainer)
         print(f"\n--- sample from the final model ---\n{sample}\n---", flush=True)
         if val_loss is not None:
             log.info("final val/loss %.4f (ppl %.2f); run folder: %s", val_loss, val_loss.exp(), output_dir)
     return None if val_loss is None else float(val_loss)
+
+
+def final_sample(module: GPTLitModule, config: SampleConfig, trainer: L.Trainer) -> str:
+    """The sample the last validation logged, when it ran at the final step with the same settings; else a new one."""
+    samplers = [c for c in trainer.callbacks if isinstance(c, TextSampler)]
+    drawn = next((t for c in samplers if (t := c.text_at(trainer.global_step, config)) is not None), None)
+    return drawn if drawn is not None else sample_text(module.model, module.tokenizer, config)
 
 
 def pretrained_start(run: RunConfig) -> Pretrained | None:
