@@ -191,11 +191,7 @@ def markdown(rows: list[dict], header: str) -> str:
         for path in ("lightning", "plain"):
             p = r[path]
             by_round = r["lightning_vs_plain_by_round"]
-            ratio = (
-                f"{r['lightning_vs_plain']:.3f} ({min(by_round):.2f}–{max(by_round):.2f})"
-                if path == "lightning"
-                else ""
-            )
+            ratio = f"{r['lightning_vs_plain']:.3f} ({min(by_round):.2f}–{max(by_round):.2f})"
             lines.append(
                 f"| {r['shape']} | {r['precision']} | {path} | {p['ms_per_step']:.1f} | {p['tokens_per_s']:,.0f} "
                 f"| {p['mfu']:.1%} | {p['peak_rss_mib']:,.0f} | {ratio if path == 'lightning' else ''} |"
