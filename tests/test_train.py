@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import FAST, make_config
+from gptlab.callbacks import StepProgressBar
 from gptlab.lit_module import GPTLitModule
 from gptlab.model import GPT
 from gptlab.training import train
@@ -54,31 +55,45 @@ def test_checkpoints_are_plain_and_carry_the_tokenizer(tmp_path, small_corpus):
 
 
 def test_train_loss_is_the_mean_over_the_accumulation_window(tmp_path, small_corpus, monkeypatch):
-    micro, logged = [], []
-    step, log = GPTLitModule.training_step, GPTLitModule.log
+    micro = []
+    step = GPTLitModule.training_step
 
     def training_step(self, batch, i):
         loss = step(self, batch, i)
         micro.append(loss.item())
         return loss
 
-    def spy_log(self, name, value, *a, **kw):
-        if name == "train/loss":
-            logged.append(float(value))
-        return log(self, name, value, *a, **kw)
-
     monkeypatch.setattr(GPTLitModule, "training_step", training_step)
-    monkeypatch.setattr(GPTLitModule, "log", spy_log)
-    fit(
+    _, out = fit(
         tmp_path,
         small_corpus,
         "trainer.max_steps=5",
         "trainer.accumulate_grad_batches=3",
         "trainer.val_check_interval=15",
     )
-    assert len(micro) == 15 and len(logged) == 5
-    for i, value in enumerate(logged):
+    logged = scalars(out, "train/loss")
+    assert len(micro) == 15 and [s for s, _ in logged] == [0, 1, 2, 3, 4]  # one per optimizer step, at its index
+    for i, (_, value) in enumerate(logged):
         assert value == pytest.approx(sum(micro[3 * i : 3 * i + 3]) / 3, rel=1e-6)
+
+
+def test_step_metrics_are_written_together_every_log_interval_and_shown_on_the_bar(tmp_path, small_corpus, monkeypatch):
+    shown = []
+    get_metrics = StepProgressBar.get_metrics
+
+    def spy(self, trainer, module):
+        shown.append(get_metrics(self, trainer, module))
+        return shown[-1]
+
+    monkeypatch.setattr(StepProgressBar, "get_metrics", spy)
+    steps = ["trainer.max_steps=12", "trainer.val_check_interval=12", "trainer.log_every_n_steps=5"]
+    _, out = fit(tmp_path, small_corpus, *steps, "trainer.enable_progress_bar=true")
+    step_tags = ["train/loss", "train/lr", "train/grad_norm", "train/skipped_steps", "perf/step_time_ms"]
+    for tag in [*step_tags, "perf/peak_memory_mb"]:
+        assert [s for s, _ in scalars(out, tag)] == [4, 9], tag  # Lightning's cadence, one write each
+    assert [s for s, _ in scalars(out, "perf/tokens_per_sec")] == [9]  # a rate: from the second write on
+    loss_at_9 = scalars(out, "train/loss")[1][1]
+    assert shown and shown[-1]["loss"] == f"{loss_at_9:.3f}" and shown[-1]["tok/s"].replace(",", "").isdigit()
 
 
 def test_seq_len_warmup_cuts_the_windows_then_trains_on_the_full_context(tmp_path, small_corpus, monkeypatch):

@@ -70,10 +70,11 @@ class PerfLogger(L.Callback):
             self._start = now
             return
         self._steps += 1
-        if trainer.global_step % trainer.log_every_n_steps == 0:
-            pl_module.log("perf/step_time_ms", 1000 * (now - self._start) / self._steps)
-            pl_module.log("perf/peak_memory_mb", peak_memory_mb(pl_module.device))
-            pl_module.log("perf/tokens_seen", float(self.tokens_seen))
+        if pl_module.logs_this_step:
+            step_ms = 1000 * (now - self._start) / self._steps
+            peak = peak_memory_mb(pl_module.device)
+            pl_module.log_step({"perf/step_time_ms": step_ms, "perf/peak_memory_mb": peak})
+            pl_module.log_step({"perf/tokens_seen": float(self.tokens_seen)})
             self._start, self._steps = now, 0
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -125,7 +126,7 @@ class StepProgressBar(TQDMProgressBar):
         pass
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, str]:
-        metrics = trainer.progress_bar_metrics
+        metrics = {**trainer.progress_bar_metrics, **pl_module.step_metrics}  # step metrics skip self.log
         shown = {short: metrics[tag] for tag, short in self.SHOWN.items() if tag in metrics}
         return {k: f"{v:,.0f}" if k == "tok/s" else f"{v:.3f}" for k, v in shown.items()}
 
