@@ -1,17 +1,22 @@
-"""Lightning's real training path against a plain PyTorch loop, interleaved in one process: `make bench`.
+"""Lightning's real training path against a plain PyTorch loop, interleaved step by step in one process: `make bench`.
 
-For each shape, every round runs, for each precision in turn, gptlab.training.train (the Lightning Trainer with
-the configured callbacks, TensorBoard logging and progress bar) and a plain loop over the same data module, model,
-optimizer, schedule, clipping and precision, one right after the other, in an order that flips every round.
-Per-step wall time runs from one step's end to the next (data loading included); the first `--warmup` steps of
-every round are dropped. ms/step and tokens/s are medians over all rounds' steps; Lightning/plain is the median
-of the rounds' own ratios (each pair ran side by side in time), with their range.
+Every round runs gptlab.training.train (the Lightning Trainer with the configured callbacks, TensorBoard logging
+and progress bar) with one more callback, the plain twin: right after each Lightning step it takes one step of a
+plain loop over its own copy of the same model, with the same optimizer, schedule, clipping and precision and its
+own pass over the same data. Each plain step runs from reading its batch to the end of its optimizer step; each
+Lightning step from the end of one plain step to the start of the next, which is all of Lightning's loop, its data
+loading, callbacks and logging included. Being seconds apart at most, the two see the machine in the same state,
+so its drifts (up to 30% here from minute to minute) cancel. The first `--warmup` steps of every round are dropped;
+ms/step and tokens/s are means over all rounds' timed steps (logging steps included, every log_every_n_steps);
+Lightning/plain is the median of the rounds' own ratios, with their range. Memory is the resident set after a
+short run of each path alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import platform
 import statistics
@@ -28,7 +33,7 @@ from hydra import compose, initialize_config_dir
 from gptlab.datamodule import CharDataModule
 from gptlab.flops import flops_per_token, measured_peak_flops, peak_flops
 from gptlab.model import GPT
-from gptlab.optim import build
+from gptlab.optim import OptimConfig, build
 from gptlab.schema import validate
 from gptlab.training import train
 
@@ -45,7 +50,6 @@ SHAPES = {  # name -> overrides; batch sizes as each recipe trains them
 
 
 BIG = ("10.7M", "gpt2")
-PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 # a step's parts, between its marks; on a GPU only "end" waits for the kernels, so the others are launch times
@@ -87,71 +91,112 @@ def config(overrides: list[str], out: Path):
         return compose("train", overrides=[*overrides, f"paths.output_dir={out}"])
 
 
-def lightning_round(overrides: list[str], steps: int) -> list[dict[str, float]]:
-    marks = StepMarks()
-    with tempfile.TemporaryDirectory() as out:
-        train(config(overrides, Path(out)), extra_callbacks=[marks])
-    return marks.steps
+def plain_stepper(model: GPT, optim: OptimConfig, max_steps: int, batches, bf16: bool, clip: float | None):
+    """A function that takes one step of the plain loop and returns its marks (fetch: before its batch is read)."""
+    device = next(model.parameters()).device
+    forward = torch.compile(model.forward) if model.config.compile else model.forward
+    optimizer, scheduler = build(model, optim, max_steps)
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+
+    def step() -> dict[str, float]:
+        sync()  # the Lightning step before may still be running on a GPU: its time is its own
+        marks = {"fetch": time.perf_counter()}
+        x, y = (t.to(device, non_blocking=True) for t in next(batches))
+        marks["start"] = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            _, loss = forward(x, y)
+        marks["forward"] = time.perf_counter()
+        loss.backward()
+        marks["backward"] = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip or float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        sync()
+        marks["end"] = time.perf_counter()
+        return marks
+
+    return step
 
 
-def plain_round(overrides: list[str], steps: int) -> list[dict[str, float]]:
+class PlainTwin(L.Callback):
+    """One plain-loop step after each Lightning step, on a copy of the model taken at the start (same weights)."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, float]] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        batches = iter(trainer.datamodule.train_dataloader())
+        bf16 = "bf16" in str(trainer.precision)
+        model, clip = copy.deepcopy(pl_module.model), trainer.gradient_clip_val
+        self._step = plain_stepper(model, pl_module.optim_config, trainer.max_steps, batches, bf16, clip)
+
+    def on_train_batch_end(self, *args) -> None:
+        self.steps.append(self._step())
+
+
+def interleaved_round(overrides: list[str]) -> tuple[list[dict], list[dict]]:
+    """Lightning's step marks and the plain twin's, step for step."""
+    marks, twin = StepMarks(), PlainTwin()  # in this order: the twin's step starts right after Lightning's end mark
     with tempfile.TemporaryDirectory() as out:
-        cfg = config(overrides, Path(out))
+        train(config(overrides, Path(out)), extra_callbacks=[marks, twin])
+    return marks.steps, twin.steps
+
+
+def solo_rss(overrides: list[str], steps: int) -> dict[str, int]:
+    """The resident set after a short run of each path alone (the plain loop first: the process only grows)."""
+    with tempfile.TemporaryDirectory() as out:
+        cfg = config([*overrides, f"trainer.max_steps={steps}"], Path(out))
     run = validate(cfg)
     L.seed_everything(cfg.seed)
     data = CharDataModule(run.data)
     data.setup("fit")
     run.model.vocab_size = data.tokenizer.vocab_size
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
-    model = GPT(run.model).to(device)
-    forward = torch.compile(model.forward) if run.model.compile else model.forward
-    optimizer, scheduler = build(model, run.optim, run.max_steps)
-    bf16 = "bf16" in str(cfg.trainer.precision)
-    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
-    steps_marked, batches = [], iter(data.train_dataloader())
+    bf16, batches = "bf16" in str(cfg.trainer.precision), iter(data.train_dataloader())
+    step = plain_stepper(GPT(run.model).to(device), run.optim, steps, batches, bf16, cfg.trainer.gradient_clip_val)
     for _ in range(steps):
-        x, y = (t.to(device, non_blocking=True) for t in next(batches))
-        marks = {"start": time.perf_counter()}
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            _, loss = forward(x, y)
-        marks["forward"] = time.perf_counter()
-        loss.backward()
-        marks["backward"] = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.gradient_clip_val or float("inf"))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        sync()
-        marks["end"] = time.perf_counter()
-        steps_marked.append(marks)
-    return steps_marked
+        step()
+    rss = {"plain": rss_bytes()}
+    del step
+    with tempfile.TemporaryDirectory() as out:
+        train(config([*overrides, f"trainer.max_steps={steps}"], Path(out)))
+    return {**rss, "lightning": rss_bytes()}
 
 
 def measure(name: str, precisions: list[str], args) -> list[dict]:
-    """One row per precision; every round runs each precision's Lightning and plain paths back to back."""
-    steps = args.warmup + args.steps + 1  # +1: the first end only starts the clock
+    """One row per precision: a short solo run of each path for memory, then the interleaved rounds."""
+    steps = args.warmup + args.steps + 1  # +1: the first plain step's end only starts Lightning's clock
     common = [*SHAPES[name], f"data.path={args.data}", *args.set]
     common += [f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "+trainer.limit_val_batches=1"]
     common += ["optim.warmup_steps=0", "optim.seq_len_warmup=null"]  # every step the full windows
     common += ["sample.max_new_tokens=1", "callbacks.text_sampler.max_new_tokens=1"]
-    runs = {(p, path): [] for p in precisions for path in ("lightning", "plain")}  # per round: its step pairs
-    peak_rss = dict.fromkeys(runs, 0)
-    paths = {"lightning": lightning_round, "plain": plain_round}
-    for i in range(args.rounds):
-        for precision in precisions:
-            # ABBA: the order flips every round, so a drift in machine speed favours neither path
-            for path in list(paths) if i % 2 == 0 else list(paths)[::-1]:
-                marks = paths[path]([*common, f"trainer.precision={precision}"], steps)
-                # (step, next step) pairs: a step's time runs from its end to the next one's, data loading included
-                runs[(precision, path)].append(
-                    list(zip(marks[args.warmup : -1], marks[args.warmup + 1 :], strict=True))
-                )
-                peak_rss[(precision, path)] = max(peak_rss[(precision, path)], rss_bytes())
-    return [row(name, precision, common, runs, peak_rss, args) for precision in precisions]
+    rows = []
+    for precision in precisions:
+        overrides = [*common, f"trainer.precision={precision}"]
+        rss = solo_rss(overrides, args.warmup + 1)
+        rounds = [interleaved_round(overrides) for _ in range(args.rounds)]
+        rows.append(row(name, precision, overrides, rounds, rss, args))
+    return rows
 
 
-def row(name: str, precision: str, common: list[str], runs: dict, peak_rss: dict, args) -> dict:
-    cfg = config([*common, f"trainer.precision={precision}"], Path(tempfile.gettempdir()))
+def timed(lightning: list[dict], plain: list[dict], warmup: int) -> dict[str, list[float]]:
+    """Per timed step, seconds: each path's whole step and its parts."""
+    lit = [(plain[i], lightning[i + 1], plain[i + 1]) for i in range(warmup, len(plain) - 1)]
+    ours = plain[warmup + 1 :]
+    parts = {"lightning": {}, "plain": {}}
+    parts["lightning"]["step"] = [nxt["fetch"] - prev["end"] for prev, _, nxt in lit]
+    parts["plain"]["step"] = [p["end"] - p["fetch"] for p in ours]
+    for k, (lo, hi) in SEGMENTS.items():
+        parts["lightning"][k] = [m[hi] - m[lo] for _, m, _ in lit]
+        parts["plain"][k] = [p[hi] - p[lo] for p in ours]
+    parts["lightning"]["between steps"] = [m["start"] - prev["end"] + nxt["fetch"] - m["end"] for prev, m, nxt in lit]
+    parts["plain"]["between steps"] = [p["start"] - p["fetch"] for p in ours]
+    return parts
+
+
+def row(name: str, precision: str, overrides: list[str], rounds: list, rss: dict, args) -> dict:
+    cfg = config(overrides, Path(tempfile.gettempdir()))
     run = validate(cfg)
     run.model.vocab_size = 65 if run.data.tokenizer == "char" else 50257
     with torch.device("meta"):
@@ -159,25 +204,19 @@ def row(name: str, precision: str, common: list[str], runs: dict, peak_rss: dict
     tokens = run.data.batch_size * run.data.block_size * cfg.trainer.accumulate_grad_batches
     peak = args.peak["bf16" if "bf16" in precision else "fp32"]
     result = {"shape": name, "precision": precision, "tokens_per_step": tokens, "flops_per_token": fpt}
+    per_round = [timed(lightning, plain, args.warmup) for lightning, plain in rounds]
     for path in ("lightning", "plain"):
-        pairs = [pair for one_round in runs[(precision, path)] for pair in one_round]
-        ms = median_step_ms(pairs)
+        steps = [t for r in per_round for t in r[path]["step"]]
+        ms = statistics.mean(steps) * 1e3
         result[path] = {"ms_per_step": ms, "tokens_per_s": tokens / ms * 1e3, "mfu": tokens / ms * 1e3 * fpt / peak}
-        result[path]["peak_rss_mib"] = peak_rss[(precision, path)] / 2**20
-        result[path]["steps_timed"] = len(pairs)
-        segments = {k: statistics.median(b[hi] - b[lo] for _, b in pairs) * 1e3 for k, (lo, hi) in SEGMENTS.items()}
-        segments["between steps"] = statistics.median(b["start"] - a["end"] for a, b in pairs) * 1e3
-        result[path]["segments_ms"] = segments
-    # each round's Lightning run against the plain run next to it in time, then the median over rounds: a pooled
-    # median would let a slow minute that fell on one path's runs decide the ratio
-    by_round = zip(runs[(precision, "lightning")], runs[(precision, "plain")], strict=True)
-    result["lightning_vs_plain_by_round"] = [median_step_ms(p) / median_step_ms(lit) for lit, p in by_round]
+        result[path]["peak_rss_mib"] = rss[path] / 2**20
+        result[path]["steps_timed"] = len(steps)
+        parts = {k: [t for r in per_round for t in r[path][k]] for k in [*SEGMENTS, "between steps"]}
+        result[path]["segments_ms"] = {k: statistics.mean(v) * 1e3 for k, v in parts.items()}
+    # each round's own ratio of total times (its two paths ran side by side), then the median over rounds
+    result["lightning_vs_plain_by_round"] = [sum(r["plain"]["step"]) / sum(r["lightning"]["step"]) for r in per_round]
     result["lightning_vs_plain"] = statistics.median(result["lightning_vs_plain_by_round"])
     return result
-
-
-def median_step_ms(pairs: list[tuple[dict, dict]]) -> float:
-    return statistics.median(b["end"] - a["end"] for a, b in pairs) * 1e3
 
 
 def markdown(rows: list[dict], header: str) -> str:
@@ -198,7 +237,7 @@ def markdown(rows: list[dict], header: str) -> str:
             )
     lines += [
         "",
-        "Where a step's time goes, ms (medians; between steps: the next batch and the step's bookkeeping):",
+        "Where a step's time goes, ms (means; between steps: reading the next batch and the loop's bookkeeping):",
         "",
     ]
     lines += [
@@ -221,9 +260,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="gpt_small,nanogpt_cpu,10.7M,gpt2", help=f"of {list(SHAPES)}")
     parser.add_argument("--precisions", default="32-true,bf16-mixed")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per round (10.7M, gpt2: half, >= 2)")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per round (10.7M, gpt2: a sixth, >= 2)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of every round")
-    parser.add_argument("--rounds", type=int, default=6, help="Lightning / plain pairs per row (10.7M, gpt2: a third)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved runs per row (10.7M, gpt2: one)")
     parser.add_argument("--data", default=str(ROOT.parent / "shared/data/tinyshakespeare/input.txt"))
     parser.add_argument(
         "--set", nargs="*", default=[], help="more Hydra overrides, e.g. trainer=gpu model.compile=true"
@@ -249,8 +288,8 @@ def main() -> None:
     for name in args.shapes.split(","):
         shape_args = argparse.Namespace(**vars(args))
         if name in BIG:  # seconds per step on a CPU: fewer, and their noise is smaller anyway
-            shape_args.steps, shape_args.warmup = max(2, args.steps // 2), min(args.warmup, 1)
-            shape_args.rounds = max(1, args.rounds // 3)
+            shape_args.steps, shape_args.warmup = max(2, args.steps // 6), min(args.warmup, 1)
+            shape_args.rounds = 1
         rows += (new := measure(name, args.precisions.split(","), shape_args))
         print(markdown(new, ""), flush=True)
     header += f"; load average at the end {' '.join(f'{x:.2f}' for x in _load())}"
