@@ -32,6 +32,7 @@ from hydra import compose, initialize_config_dir
 
 from gptlab.datamodule import CharDataModule
 from gptlab.flops import flops_per_token, measured_peak_flops, peak_flops
+from gptlab.host_memory import keep_freed_memory
 from gptlab.model import GPT
 from gptlab.optim import OptimConfig, build
 from gptlab.schema import validate
@@ -284,6 +285,9 @@ def main() -> None:
         f"(N: parameters less learned positions); MFU against the peak of the row's precision"
     )
     print(header, flush=True)
+    with tempfile.TemporaryDirectory() as out:
+        if config(args.set, Path(out)).keep_freed_memory:  # as training does; process-wide, so for both paths
+            keep_freed_memory()
     rows = []
     for name in args.shapes.split(","):
         shape_args = argparse.Namespace(**vars(args))

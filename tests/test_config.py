@@ -106,6 +106,7 @@ def test_env_var_points_at_the_corpus(tmp_path, monkeypatch):
         (["ckpt_path=/no/such.ckpt"], "ckpt_path: checkpoint not found: /no/such.ckpt"),
         (["data.tokenizer=bpe"], "data.tokenizer must be one of"),
         (["sample.top_p=1.5"], r"sample.top_p must be in \(0, 1\]"),
+        (["keep_freed_memory=sometimes"], "keep_freed_memory must be true or false, got 'sometimes'"),
     ],
 )
 def test_bad_values_are_rejected_naming_the_key(overrides, message, tmp_path):

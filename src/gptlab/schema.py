@@ -28,6 +28,7 @@ class RunConfig:
     reliability: ReliabilityConfig
     max_steps: int
     ckpt_path: str | None
+    keep_freed_memory: bool = True
 
 
 def validate(cfg: DictConfig) -> RunConfig:
@@ -39,7 +40,10 @@ def validate(cfg: DictConfig) -> RunConfig:
         reliability=typed(cfg, "reliability", ReliabilityConfig),
         max_steps=cfg.trainer.get("max_steps", -1),
         ckpt_path=cfg.get("ckpt_path"),
+        keep_freed_memory=cfg.get("keep_freed_memory", True),
     )
+    if not isinstance(run.keep_freed_memory, bool):
+        raise ConfigError(f"keep_freed_memory must be true or false, got {run.keep_freed_memory!r}")
     if not isinstance(run.max_steps, int) or run.max_steps <= 0:
         raise ConfigError(f"trainer.max_steps must be a positive integer (the run's horizon), got {run.max_steps!r}")
     if run.data.block_size > run.model.block_size:

@@ -25,6 +25,7 @@ from gptlab.checkpoint import (
 )
 from gptlab.datamodule import CharDataModule, DataConfig
 from gptlab.errors import ConfigError
+from gptlab.host_memory import keep_freed_memory
 from gptlab.lit_module import GPTLitModule
 from gptlab.precision import resolve_precision
 from gptlab.profiler import NoProfiler
@@ -45,6 +46,8 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
     """
     run = validate(cfg)  # every config error surfaces here, before data or model load
     init = pretrained_start(run)
+    if run.keep_freed_memory and keep_freed_memory():
+        log.info("host memory: glibc keeps freed memory for reuse (keep_freed_memory)")
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     ckpt_file, ckpt = resume_checkpoint(run.ckpt_path) if run.ckpt_path else (None, None)
