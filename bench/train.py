@@ -210,7 +210,7 @@ def row(name: str, precision: str, overrides: list[str], rounds: list, rss: dict
         steps = [t for r in per_round for t in r[path]["step"]]
         ms = statistics.mean(steps) * 1e3
         result[path] = {"ms_per_step": ms, "tokens_per_s": tokens / ms * 1e3, "mfu": tokens / ms * 1e3 * fpt / peak}
-        result[path]["peak_rss_mib"] = rss[path] / 2**20
+        result[path]["rss_mib"] = rss[path] / 2**20  # after a short solo run: see solo_rss
         result[path]["steps_timed"] = len(steps)
         parts = {k: [t for r in per_round for t in r[path][k]] for k in [*SEGMENTS, "between steps"]}
         result[path]["segments_ms"] = {k: statistics.mean(v) * 1e3 for k, v in parts.items()}
@@ -224,7 +224,7 @@ def markdown(rows: list[dict], header: str) -> str:
     lines = [
         header,
         "",
-        "| shape | precision | path | ms/step | tokens/s | MFU | peak RSS MiB | Lightning/plain (rounds) |",
+        "| shape | precision | path | ms/step | tokens/s | MFU | RSS MiB | Lightning/plain (rounds) |",
     ]
     lines.append("|---|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -234,7 +234,7 @@ def markdown(rows: list[dict], header: str) -> str:
             ratio = f"{r['lightning_vs_plain']:.3f} ({min(by_round):.2f}–{max(by_round):.2f})"
             lines.append(
                 f"| {r['shape']} | {r['precision']} | {path} | {p['ms_per_step']:.1f} | {p['tokens_per_s']:,.0f} "
-                f"| {p['mfu']:.1%} | {p['peak_rss_mib']:,.0f} | {ratio if path == 'lightning' else ''} |"
+                f"| {p['mfu']:.1%} | {p['rss_mib']:,.0f} | {ratio if path == 'lightning' else ''} |"
             )
     lines += [
         "",

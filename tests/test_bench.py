@@ -21,6 +21,7 @@ def test_bench_writes_table_and_json(tmp_path, shakespeare):
         assert r["tokens_per_step"] == 16 * 32
         for path in ("lightning", "plain"):
             assert r[path]["steps_timed"] == 2 * 3 and r[path]["ms_per_step"] > 0 and 0 < r[path]["mfu"] < 1
+            assert r[path]["rss_mib"] > 100  # torch and Lightning alone take more
             segments = r[path]["segments_ms"]
             assert list(segments) == ["forward", "backward", "clip + optimizer", "between steps"]
             # means of parts that tile each step: they add up to the mean step
