@@ -272,14 +272,11 @@ def main() -> None:
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     args.peak = start_peak = matmul_peaks(device)
-    header = (
+    machine = (
         f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
         f"{torch.__version__}, device {device}; load average {' '.join(f'{x:.2f}' for x in _load())}\n"
-        f"peak (a 2048² matmul timed at the start): fp32 {args.peak['fp32'] / 1e9:,.0f} GFLOP/s, bf16 "
-        f"{args.peak['bf16'] / 1e9:,.0f} GFLOP/s; model FLOPs per token = 6N + 12·L·d·T "
-        f"(N: parameters less learned positions); MFU against the peak of the row's precision"
     )
-    print(header, flush=True)
+    print(machine + peak_line(start_peak), flush=True)
     with tempfile.TemporaryDirectory() as out:
         if config(args.set, Path(out)).keep_freed_memory:  # as training does; process-wide, so for both paths
             keep_freed_memory()
@@ -297,13 +294,7 @@ def main() -> None:
     for r in rows:
         for path in ("lightning", "plain"):
             r[path]["mfu"] = r[path]["tokens_per_s"] * r["flops_per_token"] / args.peak[peak_key(r["precision"])]
-    header = header.replace(
-        header[header.index("peak (") : header.index("; model FLOPs")],
-        f"peak (the better of a 2048² matmul timed at the start and at the end; a GPU's bf16: its datasheet figure):"
-        f" fp32 {args.peak['fp32'] / 1e9:,.0f} GFLOP/s (start {start_peak['fp32'] / 1e9:,.0f}, end "
-        f"{end_peak['fp32'] / 1e9:,.0f}), bf16 {args.peak['bf16'] / 1e9:,.0f} GFLOP/s (start "
-        f"{start_peak['bf16'] / 1e9:,.0f}, end {end_peak['bf16'] / 1e9:,.0f})",
-    )
+    header = machine + peak_line(args.peak, start_peak, end_peak)
     header += f"; load average at the end {' '.join(f'{x:.2f}' for x in _load())}"
     table = markdown(rows, header)
     print("\n" + table)
@@ -321,6 +312,21 @@ def matmul_peaks(device: str, cached: bool = True) -> dict[str, float]:
     if device == "cuda":  # GPU MFU is quoted against the datasheet's dense bf16 peak (H100: 989 TFLOP/s)
         peaks["bf16"] = peak_flops("bf16-mixed", torch.device("cuda"))
     return peaks
+
+
+def peak_line(peak: dict[str, float], start: dict | None = None, end: dict | None = None) -> str:
+    """The peaks MFU is taken against; with start and end, the better of the two timings (both shown)."""
+    if start is None or end is None:
+        how, figures = "a 2048² matmul timed at the start", {k: f"{v / 1e9:,.0f} GFLOP/s" for k, v in peak.items()}
+    else:
+        how = "the better of a 2048² matmul timed at the start and at the end; a GPU's bf16: its datasheet figure"
+        figures = {
+            k: f"{peak[k] / 1e9:,.0f} GFLOP/s (start {start[k] / 1e9:,.0f}, end {end[k] / 1e9:,.0f})" for k in peak
+        }
+    return (
+        f"peak ({how}): fp32 {figures['fp32']}, bf16 {figures['bf16']}; model FLOPs per token = 6N + 12·L·d·T "
+        "(N: parameters less learned positions); MFU against the peak of the row's precision"
+    )
 
 
 def peak_key(precision: str) -> str:

@@ -72,9 +72,8 @@ class PerfLogger(L.Callback):
         self._steps += 1
         if pl_module.logs_this_step:
             step_ms = 1000 * (now - self._start) / self._steps
-            peak = peak_memory_mb(pl_module.device)
-            pl_module.log_step({"perf/step_time_ms": step_ms, "perf/peak_memory_mb": peak})
-            pl_module.log_step({"perf/tokens_seen": float(self.tokens_seen)})
+            peak, seen = peak_memory_mb(pl_module.device), float(self.tokens_seen)
+            pl_module.log_step({"perf/step_time_ms": step_ms, "perf/peak_memory_mb": peak, "perf/tokens_seen": seen})
             self._start, self._steps = now, 0
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

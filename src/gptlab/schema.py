@@ -28,7 +28,7 @@ class RunConfig:
     reliability: ReliabilityConfig
     max_steps: int
     ckpt_path: str | None
-    keep_freed_memory: bool = True
+    keep_freed_memory: bool
 
 
 def validate(cfg: DictConfig) -> RunConfig:
