@@ -1,4 +1,4 @@
-"""bench/train.py runs end to end and writes its table and JSON (the figures themselves are not asserted)."""
+"""The benchmarks run end to end and write their tables (the figures themselves are not asserted)."""
 
 import json
 
@@ -42,3 +42,17 @@ def test_muon_bench_prints_a_row_per_shape():
     (row,) = [line for line in result.stdout.splitlines() if line.startswith("| gpt_small |")]
     name, matrices, torch_ms, batched_ms, speedup = (c.strip() for c in row.strip("|").split("|"))
     assert matrices == "16" and float(torch_ms) > 0 and float(batched_ms) > 0 and speedup.endswith("x")
+
+
+def test_adamw_bench_prints_a_row_per_shape():
+    result = run_cli("../bench/adamw.py", "--shapes", "nanogpt_cpu", "--rounds", "1", "--steps", "1", cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith("| nanogpt_cpu |")]
+    name, params, tensors, *ms, speedup = (c.strip() for c in row.strip("|").split("|"))
+    assert params == "0.80M" and tensors == "27" and len(ms) == 3 and all(float(t) > 0 for t in ms)
+    loop, fused = float(ms[0]), float(ms[2])  # the speedup is of the unrounded times: as far as rounding allows
+    assert (
+        (loop - 0.005) / (fused + 0.005) - 0.05
+        <= float(speedup.removesuffix("x"))
+        <= (loop + 0.005) / (fused - 0.005) + 0.05
+    )

@@ -50,6 +50,7 @@ def test_combined_step_equals_muon_and_adamw_stepped_apart():
         ],
         lr=3e-3,
         betas=(0.9, 0.95),
+        fused=True,  # as build picks on a CPU
     )
     for step in range(3):
         for model in (a, b):
@@ -63,6 +64,23 @@ def test_combined_step_equals_muon_and_adamw_stepped_apart():
     for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-6), name
     assert any(not torch.equal(p, q) for p, q in zip(a.parameters(), tiny_model().parameters(), strict=True))
+
+
+@pytest.mark.parametrize("fused", [None, True, False])
+def test_adamw_is_fused_on_the_cpu_unless_told_otherwise_and_steps_like_the_for_loop(fused):
+    model, reference = tiny_model(), tiny_model()
+    optimizer, _ = build(model, OptimConfig(fused=fused, warmup_steps=0), total_steps=10)
+    assert [g["fused"] for g in optimizer.param_groups] == [fused is not False] * 2
+    loop, _ = build(reference, OptimConfig(fused=False, warmup_steps=0), total_steps=10)
+    for _ in range(3):
+        for m, opt in ((model, optimizer), (reference, loop)):
+            backward(m)
+            opt.step()
+            opt.zero_grad()
+    moved = [not torch.equal(a, b) for a, b in zip(model.parameters(), tiny_model().parameters(), strict=True)]
+    assert all(moved)
+    for a, b in zip(model.parameters(), reference.parameters(), strict=True):  # the same update, to rounding
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_one_schedule_scales_both_optimizers():

@@ -1,12 +1,13 @@
 """Skip optimizer steps whose gradient is not finite, and stop a run after too many of them in a row.
 
-The check reads the one gradient norm already computed for clipping. Where the optimizer is fused AdamW, the
-skip happens inside its kernel (`found_inf`, the flag AMP's GradScaler uses): the parameters, moments and step
-count stay as they were, and the host never waits for the GPU; the counts are read back only at `sync()`
-(every `trainer.log_every_n_steps` steps and at each checkpoint), so a run stops at most that many steps after
-the K-th bad step in a row. Otherwise (the CPU's default AdamW, Muon, fp16 with its GradScaler) the norm is read
-on the host each step, which costs nothing on a CPU, and the gradients of a bad step are dropped: AdamW leaves
-parameters without one, and their moments, untouched. Either way the schedule and the data still advance.
+The check reads the one gradient norm already computed for clipping. Where the optimizer is fused AdamW (the
+default on a CPU and a GPU), the skip happens inside its kernel (`found_inf`, the flag AMP's GradScaler uses): the
+parameters, moments and step count stay as they were. On a GPU the host never waits for it: the counts are read
+back only at `sync()` (every `trainer.log_every_n_steps` steps and at each checkpoint), so a run stops at most
+that many steps after the K-th bad step in a row; on a CPU, where reading them costs nothing, every step. Otherwise
+(AdamW unfused, Muon, fp16 with its GradScaler) the norm is read on the host each step, and the gradients of a bad
+step are dropped: AdamW leaves parameters without one, and their moments, untouched. Either way the schedule and
+the data still advance.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class FaultGuard:
             if self._counts is None:
                 self._counts = torch.tensor([self.in_a_row, self.skipped], dtype=torch.float32, device=norm.device)
             self._counts = torch.stack(((self._counts[0] + 1) * bad, self._counts[1] + bad))
+            if norm.device.type == "cpu":  # no device to wait for: stop at the K-th bad step, not up to a log later
+                self.sync()
             return self._counts[1]
         if torch.isfinite(norm):
             self.in_a_row = 0

@@ -1,0 +1,69 @@
+"""AdamW's optimizer step alone, torch's three implementations interleaved on each shape's parameters with the same
+gradients: the for-loop one (`foreach=False`, what the CPU got by default), `foreach=True`, and `fused=True`, which
+optim.fused=null now picks on the CPU and on CUDA.
+
+    python bench/adamw.py [--shapes nanogpt_cpu 10.7M] [--rounds 10]   (or: make bench-adamw)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from gptlab.model import GPT, GPTConfig
+from gptlab.optim import OptimConfig, param_groups
+
+SHAPES = {  # name -> the model's shape, as bench/train.py's shapes of the same names (char vocabulary)
+    "nanogpt_cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, bias=False),
+    "gpt_small": dict(n_layer=4, n_head=4, n_embd=128, block_size=128),
+    "10.7M": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
+}
+IMPLEMENTATIONS = {"for-loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
+
+
+def ms_per_step(optimizer: torch.optim.Optimizer, steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        optimizer.step()
+    return (time.perf_counter() - start) / steps * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=5, help="optimizer steps per timed block")
+    args = parser.parse_args()
+    print(f"{torch.get_num_threads()} threads, torch {torch.__version__}; medians over {args.rounds} rounds\n")
+    columns = " | ".join(f"{k} ms/step" for k in IMPLEMENTATIONS)
+    print(f"| shape | parameters | tensors | {columns} | fused speedup |")
+    print("|---|---:|---:|" + "---:|" * (len(IMPLEMENTATIONS) + 1))
+    defaults = OptimConfig()
+    for name in args.shapes:
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=65, **SHAPES[name]))
+        params = list(model.parameters())
+        for p in params:
+            p.grad = torch.randn_like(p)
+        optimizers = {  # two groups, decayed and not, as gptlab.optim.build makes them
+            k: torch.optim.AdamW(param_groups(params, defaults.weight_decay), lr=1e-9, **kw)
+            for k, kw in IMPLEMENTATIONS.items()
+        }
+        times = {k: [] for k in optimizers}
+        for opt in optimizers.values():  # warm-up: the moments are allocated on the first step
+            ms_per_step(opt, 2)
+        for _ in range(args.rounds):
+            for k, opt in optimizers.items():
+                times[k].append(ms_per_step(opt, args.steps))
+        ms = {k: statistics.median(v) for k, v in times.items()}
+        cells = " | ".join(f"{v:.2f}" for v in ms.values())
+        n = sum(p.numel() for p in params)
+        print(f"| {name} | {n / 1e6:.2f}M | {len(params)} | {cells} | {ms['for-loop'] / ms['fused']:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
