@@ -1,6 +1,7 @@
 """AdamW's optimizer step alone, torch's three implementations interleaved on each shape's parameters with the same
-gradients: the for-loop one (`foreach=False`, what the CPU got by default), `foreach=True`, and `fused=True`, which
-optim.fused=null now picks on the CPU and on CUDA.
+gradients: the for-loop one (`foreach=False`, the CPU's default), `foreach=True`, and `fused=True` (optim.fused=true;
+optim.fused=null picks it on a GPU only). Then whole plain training steps (forward, backward, clipping,
+optimizer) of the small shapes, at bench/train.py's batches, with the for-loop and the fused one, interleaved.
 
     python bench/adamw.py [--shapes nanogpt_cpu 10.7M] [--rounds 10]   (or: make bench-adamw)
 """
@@ -14,7 +15,7 @@ import time
 import torch
 
 from gptlab.model import GPT, GPTConfig
-from gptlab.optim import OptimConfig, param_groups
+from gptlab.optim import OptimConfig, build, param_groups
 
 SHAPES = {  # name -> the model's shape, as bench/train.py's shapes of the same names (char vocabulary)
     "nanogpt_cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, bias=False),
@@ -22,6 +23,7 @@ SHAPES = {  # name -> the model's shape, as bench/train.py's shapes of the same 
     "10.7M": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
 }
+BATCHES = {"nanogpt_cpu": 12, "gpt_small": 16}  # whole steps: the shapes whose optimizer step is a visible share
 IMPLEMENTATIONS = {"for-loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
 
 
@@ -30,6 +32,37 @@ def ms_per_step(optimizer: torch.optim.Optimizer, steps: int) -> float:
     for _ in range(steps):
         optimizer.step()
     return (time.perf_counter() - start) / steps * 1e3
+
+
+def training_steps_ms(model: GPT, optimizer: torch.optim.Optimizer, x: torch.Tensor, steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        _, loss = model(x, x)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return (time.perf_counter() - start) / steps * 1e3
+
+
+def whole_steps(args) -> None:
+    print("\nwhole training steps, ms (plain loop, fp32; medians over the rounds):\n")
+    print("| shape | batch | for-loop AdamW | fused AdamW | saved |")
+    print("|---|---:|---:|---:|---:|")
+    for name in [s for s in args.shapes if s in BATCHES]:
+        torch.manual_seed(0)
+        x = torch.randint(0, 65, (BATCHES[name], SHAPES[name]["block_size"]))
+        runs = {}
+        for fused in (False, True):
+            model = GPT(GPTConfig(vocab_size=65, **SHAPES[name]))
+            runs[fused] = (model, build(model, OptimConfig(fused=fused), total_steps=1000)[0], x)
+            training_steps_ms(*runs[fused], 2)  # warm-up: the moments are allocated on the first step
+        times = {fused: [] for fused in runs}
+        for _ in range(args.rounds):
+            for fused, run in runs.items():
+                times[fused].append(training_steps_ms(*run, args.steps))
+        loop, fused = statistics.median(times[False]), statistics.median(times[True])
+        print(f"| {name} | {BATCHES[name]} | {loop:.1f} | {fused:.1f} | {1 - fused / loop:.1%} |")
 
 
 def main() -> None:
@@ -63,6 +96,7 @@ def main() -> None:
         cells = " | ".join(f"{v:.2f}" for v in ms.values())
         n = sum(p.numel() for p in params)
         print(f"| {name} | {n / 1e6:.2f}M | {len(params)} | {cells} | {ms['for-loop'] / ms['fused']:.1f}x |")
+    whole_steps(args)
 
 
 if __name__ == "__main__":

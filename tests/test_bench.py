@@ -47,12 +47,14 @@ def test_muon_bench_prints_a_row_per_shape():
 def test_adamw_bench_prints_a_row_per_shape():
     result = run_cli("../bench/adamw.py", "--shapes", "nanogpt_cpu", "--rounds", "1", "--steps", "1", cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
-    (row,) = [line for line in result.stdout.splitlines() if line.startswith("| nanogpt_cpu |")]
+    optimizer_steps, whole_steps = result.stdout.split("whole training steps")
+    (row,) = [line for line in optimizer_steps.splitlines() if line.startswith("| nanogpt_cpu |")]
     name, params, tensors, *ms, speedup = (c.strip() for c in row.strip("|").split("|"))
     assert params == "0.80M" and tensors == "27" and len(ms) == 3 and all(float(t) > 0 for t in ms)
     loop, fused = float(ms[0]), float(ms[2])  # the speedup is of the unrounded times: as far as rounding allows
-    assert (
-        (loop - 0.005) / (fused + 0.005) - 0.05
-        <= float(speedup.removesuffix("x"))
-        <= (loop + 0.005) / (fused - 0.005) + 0.05
-    )
+    low, high = (loop - 0.005) / (fused + 0.005) - 0.05, (loop + 0.005) / (fused - 0.005) + 0.05
+    assert low <= float(speedup.removesuffix("x")) <= high
+    (step,) = [line for line in whole_steps.splitlines() if line.startswith("| nanogpt_cpu |")]
+    _, batch, loop_ms, fused_ms, saved = (c.strip() for c in step.strip("|").split("|"))
+    assert batch == "12" and float(loop_ms) > 0 and float(fused_ms) > 0
+    assert float(saved.removesuffix("%")) == pytest.approx(100 * (1 - float(fused_ms) / float(loop_ms)), abs=0.4)

@@ -42,7 +42,7 @@ def poisoned(monkeypatch):
     return bad_steps, weights
 
 
-# fused AdamW skips inside its kernel (the default), the unfused one on the host
+# fused AdamW skips inside its kernel (the GPU default), the CPU default one on the host
 FUSED = pytest.mark.parametrize("fused", ["false", "true"], ids=["host-check", "fused-kernel-skip"])
 
 

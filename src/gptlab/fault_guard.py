@@ -1,13 +1,13 @@
 """Skip optimizer steps whose gradient is not finite, and stop a run after too many of them in a row.
 
 The check reads the one gradient norm already computed for clipping. Where the optimizer is fused AdamW (the
-default on a CPU and a GPU), the skip happens inside its kernel (`found_inf`, the flag AMP's GradScaler uses): the
-parameters, moments and step count stay as they were. On a GPU the host never waits for it: the counts are read
-back only at `sync()` (every `trainer.log_every_n_steps` steps and at each checkpoint), so a run stops at most
-that many steps after the K-th bad step in a row; on a CPU, where reading them costs nothing, every step. Otherwise
-(AdamW unfused, Muon, fp16 with its GradScaler) the norm is read on the host each step, and the gradients of a bad
-step are dropped: AdamW leaves parameters without one, and their moments, untouched. Either way the schedule and
-the data still advance.
+default on a GPU; optim.fused=true on a CPU), the skip happens inside its kernel (`found_inf`, the flag AMP's
+GradScaler uses): the parameters, moments and step count stay as they were. On a GPU the host never waits for it:
+the counts are read back only at `sync()` (every `trainer.log_every_n_steps` steps and at each checkpoint), so a
+run stops at most that many steps after the K-th bad step in a row; on a CPU, where reading them costs nothing,
+every step. Otherwise (the CPU's default AdamW, Muon, fp16 with its GradScaler) the norm is read on the host each
+step, and the gradients of a bad step are dropped: AdamW leaves parameters without one, and their moments,
+untouched. Either way the schedule and the data still advance.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ from gptlab.errors import ConfigError
 
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd")
-FUSED_DEVICES = ("cpu", "cuda")  # where optim.fused=null picks torch's fused AdamW: `make bench-adamw` times it
 
 
 @dataclass
@@ -29,7 +28,9 @@ class OptimConfig:
     min_lr: float = 1e-4  # the schedule ends here
     schedule: str = "cosine"  # or wsd: warmup, hold the peak, then decay linearly over the last decay_fraction
     decay_fraction: float = 0.2  # wsd only
-    fused: bool | None = None  # None: torch's fused AdamW on a CPU or GPU (on this CPU 4x its default for-loop's speed)
+    # None: torch's fused AdamW on a GPU; on this CPU its own step is 4x as fast, but whole steps were not, and
+    # losses moved (`make bench-adamw`; README, Performance)
+    fused: bool | None = None
     muon_lr: float = 0.02  # muon only: Muon's own peak lr (scaled by the same schedule)
     muon_momentum: float = 0.95
     muon_weight_decay: float = 0.0
@@ -157,7 +158,7 @@ def lr_factor(step: int, warmup: int, total: int, floor: float, schedule: str = 
 
 
 def build(model: torch.nn.Module, config: OptimConfig, total_steps: int) -> tuple:
-    fused = next(model.parameters()).device.type in FUSED_DEVICES if config.fused is None else config.fused
+    fused = next(model.parameters()).is_cuda if config.fused is None else config.fused
     adamw = partial(torch.optim.AdamW, lr=config.lr, betas=tuple(config.betas), eps=config.eps, fused=fused)
     if config.name == "muon":
         from gptlab.muon import BatchedMuon  # torch >= 2.9 only, which OptimConfig checked
