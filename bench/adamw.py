@@ -8,11 +8,11 @@ optimizer) of the small shapes, at bench/train.py's batches, with the for-loop a
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
+from step_timing import arguments, ms_per_step
 
 from gptlab.model import GPT, GPTConfig
 from gptlab.optim import OptimConfig, build, param_groups
@@ -25,13 +25,6 @@ SHAPES = {  # name -> the model's shape, as bench/train.py's shapes of the same 
 }
 BATCHES = {"nanogpt_cpu": 12, "gpt_small": 16}  # whole steps: the shapes whose optimizer step is a visible share
 IMPLEMENTATIONS = {"for-loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
-
-
-def ms_per_step(optimizer: torch.optim.Optimizer, steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(steps):
-        optimizer.step()
-    return (time.perf_counter() - start) / steps * 1e3
 
 
 def training_steps_ms(model: GPT, optimizer: torch.optim.Optimizer, x: torch.Tensor, steps: int) -> float:
@@ -66,12 +59,7 @@ def whole_steps(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=5, help="optimizer steps per timed block")
-    args = parser.parse_args()
-    print(f"{torch.get_num_threads()} threads, torch {torch.__version__}; medians over {args.rounds} rounds\n")
+    args = arguments(__doc__, list(SHAPES))
     columns = " | ".join(f"{k} ms/step" for k in IMPLEMENTATIONS)
     print(f"| shape | parameters | tensors | {columns} | fused speedup |")
     print("|---|---:|---:|" + "---:|" * (len(IMPLEMENTATIONS) + 1))

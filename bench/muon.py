@@ -6,11 +6,10 @@ per shape), interleaved, on the hidden matrices of each shape, with the same gra
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import time
 
 import torch
+from step_timing import arguments, ms_per_step
 
 from gptlab.model import GPT, GPTConfig
 from gptlab.muon import BatchedMuon
@@ -22,20 +21,8 @@ SHAPES = {  # name -> the model's shape; only the hidden matrices matter (speedr
 }
 
 
-def ms_per_step(optimizer: torch.optim.Optimizer, steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(steps):
-        optimizer.step()
-    return (time.perf_counter() - start) / steps * 1e3
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=5, help="optimizer steps per timed block")
-    args = parser.parse_args()
-    print(f"{torch.get_num_threads()} threads, torch {torch.__version__}; medians over {args.rounds} rounds\n")
+    args = arguments(__doc__, list(SHAPES))
     print("| shape | hidden matrices | torch.optim.Muon ms/step | BatchedMuon ms/step | speedup |")
     print("|---|---:|---:|---:|---:|")
     for name in args.shapes:
