@@ -76,8 +76,7 @@ def test_adamw_on_the_cpu_is_fused_only_when_told_and_steps_like_the_for_loop(fu
             backward(m)
             opt.step()
             opt.zero_grad()
-    moved = [not torch.equal(a, b) for a, b in zip(model.parameters(), tiny_model().parameters(), strict=True)]
-    assert all(moved)
+    assert all(not torch.equal(a, b) for a, b in zip(model.parameters(), tiny_model().parameters(), strict=True))
     for a, b in zip(model.parameters(), reference.parameters(), strict=True):  # the same update, to rounding
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 

@@ -78,7 +78,7 @@ def test_too_many_bad_steps_in_a_row_stop_the_run_naming_the_last_good_checkpoin
         fit(tmp_path, small_corpus, *overrides)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     message = str(e.value)
-    # steps 4, 5 and 6 were bad: on a CPU the fused path stops at the third too, as the host check does
+    # every step from 4 on is bad: the third in a row is 6, where the fused path on a CPU stops too, as the host check
     assert message.startswith(
         "optim.max_bad_steps: 3 steps in a row had a non-finite loss or gradient (last at step 6)"
     )
