@@ -7,7 +7,7 @@ CKPT ?= $(lastword $(sort $(wildcard logs/runs/*)))
 OUT ?= $(CKPT)/hf
 
 .PHONY: help install train resume prepare sweep search report tb generate serve evaluate export bench-generate \
-	bench-serve bench-data bench bench-nan-guard bench-muon bench-adamw speedrun test test-slow test-all lint clean
+	bench-serve bench-data bench bench-nan-guard bench-muon bench-adamw bench-startup speedrun test test-slow test-all lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -80,6 +80,9 @@ bench-muon:  ## Muon's optimizer step: torch.optim.Muon vs gptlab's BatchedMuon,
 
 bench-adamw:  ## AdamW's optimizer step: torch's for-loop, foreach and fused implementations, per shape
 	$(PY) bench/adamw.py $(ARGS)
+
+bench-startup:  ## a command's imports and its exit, with and without the heap frozen at exit (gptlab.cli)
+	$(PY) bench/startup.py $(ARGS)
 
 bench-nan-guard:  ## what the non-finite loss/gradient guard costs per optimizer step (gpt_small, CPU)
 	$(PY) bench/nan_guard.py $(ARGS)

@@ -1,6 +1,8 @@
 """The benchmarks run end to end and write their tables (the figures themselves are not asserted)."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -58,3 +60,16 @@ def test_adamw_bench_prints_a_row_per_shape():
     _, batch, loop_ms, fused_ms, saved = (c.strip() for c in step.strip("|").split("|"))
     assert batch == "12" and float(loop_ms) > 0 and float(fused_ms) > 0
     assert float(saved.removesuffix("%")) == pytest.approx(100 * (1 - float(fused_ms) / float(loop_ms)), abs=0.4)
+
+
+@pytest.mark.slow  # two Python processes that import torch and Lightning: about 12 s
+def test_startup_bench_times_both_children():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "startup.py"), "--rounds", "1"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| with")]
+    assert [r.split("|")[1].strip() for r in rows] == ["without the freeze", "with the freeze (gptlab.cli)"]
+    for r in rows:
+        imported, rest, wall = (float(c) for c in r.strip("|").split("|")[1:])
+        assert imported > 0 and rest > 0 and wall == pytest.approx(imported + rest, abs=0.011)

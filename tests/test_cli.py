@@ -1,6 +1,8 @@
 """The commands a user types, run as real processes: single runs, sweeps, and bad input."""
 
 import hashlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -146,3 +148,13 @@ def test_unreachable_hub_dataset_is_one_line(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert "error: data: cannot open 'HuggingFaceFW/fineweb-edu' split 'train'" in last
     assert "Traceback" not in result.stderr
+
+
+def test_every_command_freezes_the_heap_at_exit_so_python_skips_its_last_collection_walk():
+    # the probe is registered first, so it runs last: after gptlab.cli's own exit handler
+    probe = "import atexit, gc; atexit.register(lambda: print('frozen', gc.get_freeze_count()))"
+    code = f"{probe}; import gptlab.cli; garbage = [[] for _ in range(10_000)]"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    word, count = result.stdout.split()
+    assert word == "frozen" and int(count) > 10_000  # every live object, the 10,000 lists included
