@@ -1,4 +1,4 @@
-"""What the entry points share: bad input becomes one line on stderr and exit status 1, not a traceback."""
+"""What the entry points share: one line on stderr and exit status 1 for bad input, not a traceback; a quick exit."""
 
 from __future__ import annotations
 
