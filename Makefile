@@ -7,7 +7,8 @@ CKPT ?= $(lastword $(sort $(wildcard logs/runs/*)))
 OUT ?= $(CKPT)/hf
 
 .PHONY: help install train resume prepare sweep search report tb generate serve evaluate export bench-generate \
-	bench-serve bench-data bench bench-nan-guard bench-muon bench-adamw bench-startup speedrun test test-slow test-all lint clean
+	bench-serve bench-data bench bench-nan-guard bench-muon bench-adamw bench-startup speedrun test test-slow \
+	test-all lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'

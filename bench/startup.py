@@ -1,6 +1,7 @@
 """What a command pays before its first step and after its last: importing torch, Lightning and gptlab's training
 code, and Python's teardown at exit, with and without the heap frozen at exit (gptlab.cli's exit handler, which
-every command in src/ installs). Each round runs both child processes in turn; medians over the rounds.
+every command in src/ installs). Each round runs both child processes in turn; means over the rounds (so the
+columns add up).
 
     python bench/startup.py [--rounds 5]   (or: make bench-startup)
 """
@@ -35,13 +36,12 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, code in CHILDREN.items():
             times[name].append(run(code))
-    print(f"python {sys.version.split()[0]}; medians over {args.rounds} rounds\n")
+    print(f"python {sys.version.split()[0]}; means over {args.rounds} rounds\n")
     print("| child | import s | the rest: Python's start and exit s | wall s |")
     print("|---|---:|---:|---:|")
     for name, runs in times.items():
-        imports, walls = (statistics.median(v) for v in zip(*runs, strict=True))
-        exits = statistics.median(wall - imported for imported, wall in runs)
-        print(f"| {name} | {imports:.2f} | {exits:.2f} | {walls:.2f} |")
+        imports, walls = (statistics.mean(v) for v in zip(*runs, strict=True))
+        print(f"| {name} | {imports:.2f} | {walls - imports:.2f} | {walls:.2f} |")
 
 
 if __name__ == "__main__":
