@@ -8,14 +8,15 @@ optimizer) of the small shapes, at bench/train.py's batches, with the for-loop a
 
 from __future__ import annotations
 
+import itertools
 import statistics
-import time
 
 import torch
 from step_timing import arguments, ms_per_step
 
 from gptlab.model import GPT, GPTConfig
-from gptlab.optim import OptimConfig, build, param_groups
+from gptlab.optim import OptimConfig, param_groups
+from train import plain_stepper  # bench/train.py's plain loop, the one Lightning is measured against
 
 SHAPES = {  # name -> the model's shape, as bench/train.py's shapes of the same names (char vocabulary)
     "nanogpt_cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, bias=False),
@@ -27,15 +28,9 @@ BATCHES = {"nanogpt_cpu": 12, "gpt_small": 16}  # whole steps: the shapes whose 
 IMPLEMENTATIONS = {"for-loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
 
 
-def training_steps_ms(model: GPT, optimizer: torch.optim.Optimizer, x: torch.Tensor, steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(steps):
-        _, loss = model(x, x)  # the inputs as their own targets: the same work as the shifted ones
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return (time.perf_counter() - start) / steps * 1e3
+def training_steps_ms(step, steps: int) -> float:
+    """Mean ms of `steps` steps of bench/train.py's plain loop (its batch read to its optimizer step's end)."""
+    return statistics.mean(m["end"] - m["fetch"] for m in (step() for _ in range(steps))) * 1e3
 
 
 def whole_steps(args) -> None:
@@ -45,15 +40,16 @@ def whole_steps(args) -> None:
     for name in [s for s in args.shapes if s in BATCHES]:
         torch.manual_seed(0)
         x = torch.randint(0, 65, (BATCHES[name], SHAPES[name]["block_size"]))
+        batches = itertools.repeat((x, x))  # the inputs as their own targets: the same work as the shifted ones
         runs = {}
         for fused in (False, True):
             model = GPT(GPTConfig(vocab_size=65, **SHAPES[name]))
-            runs[fused] = (model, build(model, OptimConfig(fused=fused), total_steps=1000)[0], x)
-            training_steps_ms(*runs[fused], 2)  # warm-up: the moments are allocated on the first step
+            runs[fused] = plain_stepper(model, OptimConfig(fused=fused), 10**6, batches, bf16=False, clip=1.0)
+            training_steps_ms(runs[fused], 2)  # warm-up: the moments are allocated on the first step
         times = {fused: [] for fused in runs}
         for _ in range(args.rounds):
-            for fused, run in runs.items():
-                times[fused].append(training_steps_ms(*run, args.steps))
+            for fused, step in runs.items():
+                times[fused].append(training_steps_ms(step, args.steps))
         loop, fused = statistics.median(times[False]), statistics.median(times[True])
         print(f"| {name} | {BATCHES[name]} | {loop:.1f} | {fused:.1f} | {1 - fused / loop:.1%} |")
 
