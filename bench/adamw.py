@@ -14,8 +14,8 @@ import statistics
 import torch
 from step_timing import arguments, ms_per_step
 
-from gptlab.model import GPT, GPTConfig
-from gptlab.optim import OptimConfig, param_groups
+from gptlab.model.gpt import GPT, GPTConfig
+from gptlab.train.optim import OptimConfig, param_groups
 from train import plain_stepper  # bench/train.py's plain loop, the one Lightning is measured against
 
 SHAPES = {  # name -> the model's shape, as bench/train.py's shapes of the same names (char vocabulary)
@@ -66,7 +66,7 @@ def main() -> None:
         params = list(model.parameters())
         for p in params:
             p.grad = torch.randn_like(p)
-        optimizers = {  # two groups, decayed and not, as gptlab.optim.build makes them
+        optimizers = {  # two groups, decayed and not, as gptlab.train.optim.build makes them
             k: torch.optim.AdamW(param_groups(params, defaults.weight_decay), lr=1e-9, **kw)
             for k, kw in IMPLEMENTATIONS.items()
         }

@@ -1,6 +1,6 @@
 """fp32 against bf16 autocast for one bare training step (forward, backward, AdamW) at several widths, interleaved.
 
-python bench/bf16.py   # widths 128, 256 and 384; what gptlab.precision.BF16_CPU_MIN_WIDTH was chosen from
+python bench/bf16.py   # widths 128, 256 and 384; what gptlab.train.precision.BF16_CPU_MIN_WIDTH was chosen from
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from gptlab.model import GPT, GPTConfig
+from gptlab.model.gpt import GPT, GPTConfig
 
 SHAPES = {128: (4, 4, 128, 16), 256: (6, 4, 256, 16), 384: (6, 6, 384, 16)}  # width: layers, heads, block, batch
 

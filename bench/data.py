@@ -21,10 +21,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from gptlab.bpe import GPT2Tokenizer
-from gptlab.model import GPT, GPTConfig
-from gptlab.streaming import StreamConfig, StreamDataModule
-from gptlab.token_cache import prepare
+from gptlab.data.bpe import GPT2Tokenizer
+from gptlab.data.config import StreamConfig
+from gptlab.data.streaming import StreamDataModule
+from gptlab.data.token_cache import prepare
+from gptlab.model.gpt import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK, BATCH = 128, 16  # experiment=gpt_small_default's context and batch

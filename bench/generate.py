@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from gptlab.model import GPT, GPTConfig
+from gptlab.model.gpt import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = {"gpt_small": 65, "gpt2": 50257}  # tinyshakespeare's characters; GPT-2's BPE
@@ -37,7 +37,7 @@ def build(spec: str) -> GPT:
 
 def timed(model: GPT, prompt: torch.Tensor, n: int, kv_cache: bool, limit: float) -> tuple[int, float, list[int]]:
     tokens, start = [], time.perf_counter()
-    for token in model.generate_stream(prompt, n, temperature=0, kv_cache=kv_cache):
+    for token in model.generate(prompt, n, temperature=0, kv_cache=kv_cache):
         tokens.append(token.item())
         if time.perf_counter() - start > limit:
             break

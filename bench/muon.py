@@ -11,9 +11,9 @@ import statistics
 import torch
 from step_timing import arguments, ms_per_step
 
-from gptlab.model import GPT, GPTConfig
-from gptlab.muon import BatchedMuon
-from gptlab.optim import muon_split
+from gptlab.model.gpt import GPT, GPTConfig
+from gptlab.train.muon import BatchedMuon
+from gptlab.train.optim import muon_split
 
 SHAPES = {  # name -> the model's shape; only the hidden matrices matter (speedrun_char's are gpt_small's)
     "gpt_small": dict(n_layer=4, n_head=4, n_embd=128, block_size=128),

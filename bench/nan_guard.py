@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from gptlab.fault_guard import FaultGuard
-from gptlab.model import GPT, GPTConfig
-from gptlab.optim import OptimConfig, build
+from gptlab.model.gpt import GPT, GPTConfig
+from gptlab.train.fault_guard import FaultGuard
+from gptlab.train.optim import OptimConfig, build
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

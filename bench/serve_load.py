@@ -49,8 +49,8 @@ def random_checkpoint(folder: Path) -> Path:
     import torch
     from omegaconf import OmegaConf
 
-    from gptlab.model import GPT, GPTConfig
-    from gptlab.tokenizer import CharTokenizer
+    from gptlab.data.tokenizers import CharTokenizer
+    from gptlab.model.gpt import GPT, GPTConfig
 
     tokenizer = CharTokenizer("\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
     fields = {**OmegaConf.to_container(OmegaConf.load(ROOT / "conf/model/gpt_small.yaml")), "vocab_size": 65}

@@ -1,6 +1,6 @@
 """Lightning's real training path against a plain PyTorch loop, interleaved step by step in one process: `make bench`.
 
-Every round runs gptlab.training.train (the Lightning Trainer with the configured callbacks, TensorBoard logging
+Every round runs gptlab.train.run.train (the Lightning Trainer with the configured callbacks, TensorBoard logging
 and progress bar) with one more callback, the plain twin: right after each Lightning step it takes one step of a
 plain loop over its own copy of the same model, with the same optimizer, schedule, clipping and precision and its
 own pass over the same data. Each plain step runs from reading its batch to the end of its optimizer step; each
@@ -30,13 +30,14 @@ import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 
-from gptlab.datamodule import CharDataModule
-from gptlab.flops import flops_per_token, measured_peak_flops, peak_flops
-from gptlab.host_memory import keep_freed_memory
-from gptlab.model import GPT
-from gptlab.optim import OptimConfig, build
-from gptlab.schema import validate
-from gptlab.training import train
+from gptlab import schemas
+from gptlab.data.text_file import TextFileDataModule
+from gptlab.model.gpt import GPT
+from gptlab.train.flops import flops_per_token, measured_peak_flops, peak_flops
+from gptlab.train.host_memory import keep_freed_memory
+from gptlab.train.optim import OptimConfig, build
+from gptlab.train.run import train
+from gptlab.train.run_config import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {  # name -> overrides; batch sizes as each recipe trains them
@@ -88,14 +89,17 @@ def rss_bytes() -> int:
 
 
 def config(overrides: list[str], out: Path):
+    schemas.register()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("train", overrides=[*overrides, f"paths.output_dir={out}"])
 
 
-def plain_stepper(model: GPT, optim: OptimConfig, max_steps: int, batches, bf16: bool, clip: float | None):
+def plain_stepper(
+    model: GPT, optim: OptimConfig, max_steps: int, batches, bf16: bool, clip: float | None, compile: bool = False
+):
     """A function that takes one step of the plain loop and returns its marks (fetch: before its batch is read)."""
     device = next(model.parameters()).device
-    forward = torch.compile(model.forward) if model.config.compile else model.forward
+    forward = torch.compile(model.forward) if compile else model.forward
     optimizer, scheduler = build(model, optim, max_steps)
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
 
@@ -130,7 +134,8 @@ class PlainTwin(L.Callback):
         batches = iter(trainer.datamodule.train_dataloader())
         bf16 = "bf16" in str(trainer.precision)
         model, clip = copy.deepcopy(pl_module.model), trainer.gradient_clip_val
-        self._step = plain_stepper(model, pl_module.optim_config, trainer.max_steps, batches, bf16, clip)
+        compiled = pl_module.hparams.get("compile", False)
+        self._step = plain_stepper(model, pl_module.optim_config, trainer.max_steps, batches, bf16, clip, compiled)
 
     def on_train_batch_end(self, *args) -> None:
         self.steps.append(self._step())
@@ -150,12 +155,13 @@ def solo_rss(overrides: list[str], steps: int) -> dict[str, int]:
         cfg = config([*overrides, f"trainer.max_steps={steps}"], Path(out))
     run = validate(cfg)
     L.seed_everything(cfg.seed)
-    data = CharDataModule(run.data)
+    data = TextFileDataModule(run.data)
     data.setup("fit")
     run.model.vocab_size = data.tokenizer.vocab_size
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
     bf16, batches = "bf16" in str(cfg.trainer.precision), iter(data.train_dataloader())
-    step = plain_stepper(GPT(run.model).to(device), run.optim, steps, batches, bf16, cfg.trainer.gradient_clip_val)
+    model = GPT(run.model).to(device)
+    step = plain_stepper(model, run.optim, steps, batches, bf16, cfg.trainer.gradient_clip_val, run.compile)
     for _ in range(steps):
         step()
     rss = {"plain": rss_bytes()}
@@ -265,9 +271,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of every round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved runs per row (10.7M, gpt2 on a CPU: one)")
     parser.add_argument("--data", default=str(ROOT.parent / "shared/data/tinyshakespeare/input.txt"))
-    parser.add_argument(
-        "--set", nargs="*", default=[], help="more Hydra overrides, e.g. trainer=gpu model.compile=true"
-    )
+    parser.add_argument("--set", nargs="*", default=[], help="more Hydra overrides, e.g. trainer=gpu compile=true")
     parser.add_argument("--out", default=str(ROOT / "bench/results"))
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,14 +1,14 @@
 """Evaluate trained weights: `python src/evaluate.py ckpt_path=<run folder or .ckpt> data=tinyshakespeare`.
 
 Prints loss, perplexity, bits per token, character and byte, and the number of tokens predicted, for the data's
-validation split or for a whole `text_file=...` (see conf/evaluate.yaml and gptlab/evaluation.py).
+validation split or for a whole `text_file=...` (see conf/evaluate.yaml and gptlab/evaluation/perplexity.py).
 """
 
 import hydra
 from omegaconf import DictConfig
 
-from gptlab.cli import exit_on_user_error
-from gptlab.evaluation import evaluate
+from gptlab.cli import exit_on_user_error, run
+from gptlab.evaluation.perplexity import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
@@ -19,4 +19,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

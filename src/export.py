@@ -1,7 +1,7 @@
 """Export trained weights to the Hugging Face GPT-2 format: `python src/export.py ckpt_path=<run> out_dir=<folder>`.
 
 The folder (config.json, model.safetensors, gptlab_tokenizer.json, and GPT-2's vocab.json + merges.txt for a BPE
-model) loads with `transformers.GPT2LMHeadModel.from_pretrained(out_dir)`; see gptlab/hf.py.
+model) loads with `transformers.GPT2LMHeadModel.from_pretrained(out_dir)`; see gptlab/interop/hf.py.
 """
 
 from dataclasses import dataclass
@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import hydra
 from omegaconf import DictConfig
 
-from gptlab import hf
-from gptlab.checkpoint import load_pretrained
-from gptlab.cli import exit_on_user_error
+from gptlab.checkpoints.pretrained import load_pretrained
+from gptlab.cli import exit_on_user_error, run
+from gptlab.config.typed import typed_top
 from gptlab.errors import ConfigError
-from gptlab.typed_config import typed_top
+from gptlab.interop import hf
 
 
 @dataclass
@@ -39,4 +39,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -10,10 +10,10 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from gptlab.checkpoint import load_trained
-from gptlab.cli import exit_on_user_error
-from gptlab.generation import GenerateConfig, TextStream, encode_prompt
-from gptlab.typed_config import typed
+from gptlab.checkpoints.pretrained import load_trained
+from gptlab.cli import exit_on_user_error, run
+from gptlab.config.typed import typed
+from gptlab.model.text_stream import GenerateConfig, TextStream, encode_prompt
 
 SEPARATOR = "\n---------------"
 
@@ -21,11 +21,11 @@ SEPARATOR = "\n---------------"
 def generate(cfg: DictConfig) -> None:
     config: GenerateConfig = typed(cfg, None, GenerateConfig)
     prompt = config.read_prompt()
-    model, tokenizer, _ = load_trained(config.ckpt_path, device=torch.device(config.device))
+    model, tokenizer = load_trained(config.ckpt_path, device=torch.device(config.device))
     prompt_ids = encode_prompt(tokenizer, prompt)
     for sample in range(config.num_samples):
         sys.stdout.write(prompt)
-        for piece in TextStream(model, tokenizer, prompt_ids, config.sampling(sample), config.kv_cache):
+        for piece in TextStream(model, tokenizer, prompt_ids, config.params(sample), config.kv_cache):
             sys.stdout.write(piece)
             sys.stdout.flush()
         print(SEPARATOR, flush=True)
@@ -38,4 +38,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -4,7 +4,7 @@ import argparse
 from pathlib import Path
 
 from gptlab.cli import exit_on_user_error
-from gptlab.report import write_report
+from gptlab.sweeps.report import write_report
 
 
 def main() -> None:

@@ -7,9 +7,9 @@ import hydra
 import uvicorn
 from omegaconf import DictConfig
 
-from gptlab.cli import exit_on_user_error
-from gptlab.server import ServeConfig, create_app
-from gptlab.typed_config import typed
+from gptlab.cli import exit_on_user_error, run
+from gptlab.config.typed import typed
+from gptlab.serve.app import ServeConfig, create_app
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="serve")
@@ -22,4 +22,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

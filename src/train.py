@@ -1,17 +1,15 @@
 """Train a GPT: `python src/train.py model=gpt_small data=tinyshakespeare` (see conf/train.yaml).
 
-`python src/train.py resume=<run folder>` continues a run in its own folder (see gptlab.resume).
+`python src/train.py resume=<run folder>` continues a run in its own folder (see gptlab.config.argv).
 """
-
-import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from gptlab.cli import exit_on_user_error
-from gptlab.resume import prepare_argv
-from gptlab.sweeps import sweep_job
-from gptlab.training import train
+from gptlab.cli import exit_on_user_error, run
+from gptlab.config.argv import prepare_argv
+from gptlab.sweeps.ddp_jobs import sweep_job
+from gptlab.train.run import train
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
@@ -21,6 +19,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    with exit_on_user_error():
-        sys.argv[1:] = prepare_argv(sys.argv[1:])
-    main()
+    run(main, prepare_argv)

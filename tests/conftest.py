@@ -11,6 +11,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from gptlab import schemas
+
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = (ROOT.parent / "shared/data/tinyshakespeare/input.txt").resolve()
 
@@ -32,6 +34,7 @@ def small_corpus(tmp_path: Path, shakespeare: Path) -> Path:
 
 def make_config(overrides: list[str], output_dir: Path) -> DictConfig:
     """The training config exactly as `src/train.py` composes it, without Hydra's run-folder machinery."""
+    schemas.register()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("train", overrides=[*overrides, f"paths.output_dir={output_dir}"])
 
@@ -65,7 +68,7 @@ def run_cli(
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, shakespeare) -> Path:
     """A run folder with a gpt_nano trained for a few steps on the first 20,000 characters of Shakespeare."""
-    from gptlab.training import train
+    from gptlab.train.run import train
 
     tmp = tmp_path_factory.mktemp("trained")
     corpus = tmp / "small.txt"

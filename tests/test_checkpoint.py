@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gptlab.checkpoint import find_checkpoint, load_trained
+from gptlab.checkpoints.pretrained import find_checkpoint, load_trained
 from gptlab.errors import GptlabError
 
 
@@ -23,7 +23,8 @@ def test_run_folder_resolves_to_best_or_last(run_dir):
 
 
 def test_loaded_model_matches_the_trained_weights(run_dir):
-    model, tokenizer, ckpt = load_trained(run_dir / "checkpoints" / "last.ckpt")
+    model, tokenizer = load_trained(run_dir / "checkpoints" / "last.ckpt")
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert not model.training and tokenizer.kind == "char"
     assert torch.equal(model.lm_head.weight, ckpt["state_dict"]["model.lm_head.weight"])
     x = torch.tensor([tokenizer.encode("ROMEO:")])

@@ -3,13 +3,15 @@ import hashlib
 import pytest
 import torch
 
-from gptlab.datamodule import CharDataModule, DataConfig, training_windows, validation_windows
+from gptlab.data.config import TextFileConfig
+from gptlab.data.text_file import TextFileDataModule
+from gptlab.data.text_source import locate
+from gptlab.data.windows import training_windows, validation_windows
 from gptlab.errors import DataError
-from gptlab.text_source import locate
 
 
 def test_tinyshakespeare_split_like_nanogpt(shakespeare):
-    dm = CharDataModule(DataConfig(path=str(shakespeare), block_size=64))
+    dm = TextFileDataModule(TextFileConfig(path=str(shakespeare), block_size=64))
     dm.setup()
     assert dm.tokenizer.vocab_size == 65
     assert len(dm.train_tokens) == 1_003_854 and len(dm.val_tokens) == 111_540
@@ -35,9 +37,9 @@ def test_training_windows_are_shifted_pairs():
 
 
 def test_val_loss_is_the_same_every_time(small_corpus):
-    from gptlab.model import GPT, GPTConfig
+    from gptlab.model.gpt import GPT, GPTConfig
 
-    dm = CharDataModule(DataConfig(path=str(small_corpus), block_size=16, batch_size=8))
+    dm = TextFileDataModule(TextFileConfig(path=str(small_corpus), block_size=16, batch_size=8))
     dm.setup()
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=16, vocab_size=dm.tokenizer.vocab_size))
@@ -55,7 +57,7 @@ def test_val_loss_is_the_same_every_time(small_corpus):
 
 def test_bad_files_get_clear_errors(tmp_path):
     def setup(path, block=16):
-        CharDataModule(DataConfig(path=str(path), block_size=block)).setup()
+        TextFileDataModule(TextFileConfig(path=str(path), block_size=block)).setup()
 
     with pytest.raises(DataError, match="file not found: .*nope.txt"):
         setup(tmp_path / "nope.txt")
@@ -103,7 +105,7 @@ def _passes(loader, start: int, end: int) -> list[int]:
 def _loader():
     from torch.utils.data import DistributedSampler
 
-    from gptlab.resumable import PassLoader
+    from gptlab.data.loaders import PassLoader
 
     data = list(range(20))
     sampler = DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=3, drop_last=True)

@@ -3,12 +3,14 @@
 import pytest
 import torch
 
-from gptlab.bpe import GPT2Tokenizer
-from gptlab.checkpoint import load_trained
+from gptlab.checkpoints.pretrained import load_trained
+from gptlab.data.bpe import GPT2Tokenizer
+from gptlab.data.tokenizers import CharTokenizer
 from gptlab.errors import ConfigError
-from gptlab.generation import GenerateConfig, SamplingParams, StopMatcher, TextStream
-from gptlab.model import GPT, GPTConfig, KVCache
-from gptlab.tokenizer import CharTokenizer
+from gptlab.model.gpt import GPT, GPTConfig
+from gptlab.model.kv_cache import KVCache
+from gptlab.model.sampling import SamplingParams
+from gptlab.model.text_stream import GenerateConfig, StopMatcher, TextStream
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -35,22 +37,28 @@ def sharp_model(request) -> GPT:
     return model
 
 
+def generated(model: GPT, idx: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """idx followed by the tokens GPT.generate yields."""
+    return torch.cat((idx, *model.generate(idx, *args, **kwargs)), dim=1)
+
+
 @pytest.mark.parametrize("prompt_len", [1, 7, 16, 40])  # shorter than, equal to and longer than block_size=16
 def test_cache_gives_the_same_tokens_as_recomputing(sharp_model, prompt_len):
     idx = torch.randint(0, 50, (3, prompt_len), generator=torch.Generator().manual_seed(prompt_len))
-    greedy = [sharp_model.generate(idx, 60, temperature=0, kv_cache=c) for c in (False, True)]
+    greedy = [generated(sharp_model, idx, 60, temperature=0, kv_cache=c) for c in (False, True)]
     assert torch.equal(*greedy)
     sampled = [
-        sharp_model.generate(idx, 60, 1.0, 20, 0.9, torch.Generator().manual_seed(3), kv_cache=c) for c in (False, True)
+        generated(sharp_model, idx, 60, 1.0, 20, 0.9, torch.Generator().manual_seed(3), kv_cache=c)
+        for c in (False, True)
     ]
     assert torch.equal(*sampled)
     assert not torch.equal(greedy[0], sampled[0])
 
 
 def test_cache_matches_the_trained_model_greedily(trained_run):
-    model, tokenizer, _ = load_trained(trained_run)
+    model, tokenizer = load_trained(trained_run)
     idx = torch.tensor([tokenizer.encode("ROMEO:\nWhat")])
-    out = [model.generate(idx, 100, temperature=0, kv_cache=c) for c in (False, True)]  # 3x block_size
+    out = [generated(model, idx, 100, temperature=0, kv_cache=c) for c in (False, True)]  # 3x block_size
     assert torch.equal(*out)
 
 

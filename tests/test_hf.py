@@ -7,13 +7,13 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
 from conftest import FAST, make_config, run_cli
-from gptlab import hf
-from gptlab.bpe import GPT2Tokenizer
-from gptlab.checkpoint import load_pretrained, load_trained
+from gptlab.checkpoints.pretrained import load_pretrained, load_trained
+from gptlab.data.bpe import GPT2Tokenizer
+from gptlab.data.tokenizers import CharTokenizer
 from gptlab.errors import ConfigError, GptlabError
-from gptlab.model import GPT, GPTConfig
-from gptlab.tokenizer import CharTokenizer
-from gptlab.training import train
+from gptlab.interop import hf
+from gptlab.model.gpt import GPT, GPTConfig
+from gptlab.train.run import train
 from tb import scalars
 
 SHAPE = dict(n_layer=2, n_head=2, n_embd=32)
@@ -163,7 +163,7 @@ def test_finetune_starts_from_hf_weights_with_a_constant_small_lr(tmp_path, smal
             *(o for o in FAST if not o.startswith("optim.")),  # the experiment's own schedule
             "experiment=finetune_gpt2",
             *SMALL_GPT2,
-            f"model.init_from={gpt2_folder}",
+            f"init_from={gpt2_folder}",
             f"data.path={small_corpus}",
             "data.block_size=32",
             "trainer.max_steps=3",
@@ -189,7 +189,7 @@ def test_finetune_from_a_char_checkpoint_keeps_its_vocabulary(tmp_path, shakespe
     steps = ["trainer.max_steps=3", "trainer.val_check_interval=3"]
     train(make_config([*FAST, f"data.path={tmp_path / 'a.txt'}", *steps], base))
     tuned = tmp_path / "tuned"
-    train(make_config([*FAST, f"data.path={tmp_path / 'b.txt'}", f"model.init_from={base}", *steps], tuned))
+    train(make_config([*FAST, f"data.path={tmp_path / 'b.txt'}", f"init_from={base}", *steps], tuned))
     chars = lambda run: torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["tokenizer"]["chars"]  # noqa: E731
     assert chars(tuned) == chars(base) != "".join(sorted(set(first[:3_000].lower())))
 
@@ -203,11 +203,11 @@ def test_init_from_refusals_name_the_differing_keys(tmp_path, small_corpus, gpt2
         f"data.path={small_corpus}",
         *SMALL_GPT2,
         "model.n_layer=3",
-        f"model.init_from={gpt2_folder}",
+        f"init_from={gpt2_folder}",
     )
     assert shape.returncode == 1 and "Traceback" not in shape.stderr
     last = shape.stderr.strip().splitlines()[-1]
-    assert f"error: model.init_from: {gpt2_folder} differs from the config: " in last
+    assert f"error: init_from: {gpt2_folder} differs from the config: " in last
     assert "data.tokenizer='char' (weights: 'gpt2')" in last and "model.n_layer=3 (weights: 2)" in last
 
     base = tmp_path / "base"
@@ -216,7 +216,7 @@ def test_init_from_refusals_name_the_differing_keys(tmp_path, small_corpus, gpt2
     )
     odd = tmp_path / "odd.txt"
     odd.write_text("ROMEO: ~~~ {curly} and ünïcode " * 200)
-    vocab = run_cli("train.py", *FAST, *logs, f"data.path={odd}", f"model.init_from={base}")
+    vocab = run_cli("train.py", *FAST, *logs, f"data.path={odd}", f"init_from={base}")
     assert vocab.returncode == 1 and "Traceback" not in vocab.stderr
     last = vocab.stderr.strip().splitlines()[-1]
     assert f"error: data.path: {odd}: characters outside the tokenizer's vocabulary: " in last
@@ -229,7 +229,7 @@ def test_export_cli_writes_once_and_never_overwrites(tmp_path, small_corpus):
     first = run_cli("export.py", f"ckpt_path={run}", f"out_dir={out}")
     assert first.returncode == 0, first.stderr[-2000:]
     assert "exported" in first.stdout
-    model, tokenizer, _ = load_trained(run)
+    model, tokenizer = load_trained(run)
     same_logits(model, GPT2LMHeadModel.from_pretrained(out).eval(), vocab_size=tokenizer.vocab_size)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     again = run_cli("export.py", f"ckpt_path={run}", f"out_dir={out}")

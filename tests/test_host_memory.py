@@ -1,4 +1,4 @@
-"""gptlab.host_memory: with keep_freed_memory(), a training step's large activations stop costing page faults."""
+"""gptlab.train.host_memory: with keep_freed_memory(), a training step's large activations stop costing page faults."""
 
 import platform
 import statistics
@@ -10,7 +10,7 @@ import pytest
 # run in fresh interpreters: glibc's settings are process-wide, and this one's may already be changed
 STEP = """
 import resource, sys, torch
-from gptlab.host_memory import keep_freed_memory
+from gptlab.train.host_memory import keep_freed_memory
 
 torch.manual_seed(0)
 mlp = torch.nn.Sequential(torch.nn.Linear(256, 4096), torch.nn.GELU(), torch.nn.Linear(4096, 256))

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from gptlab.errors import ConfigError
-from gptlab.model import GPT, GPTConfig, sample_next
+from gptlab.model.gpt import GPT, GPTConfig
+from gptlab.model.sampling import sample_next
 
 
 def tiny(**kw) -> GPTConfig:
@@ -137,7 +138,8 @@ def test_sampling_rules():
 def test_generate_appends_tokens_and_crops_context():
     torch.manual_seed(0)
     model = GPT(tiny()).eval()
-    out = model.generate(torch.zeros(2, 3, dtype=torch.long), max_new_tokens=12, temperature=0)
+    idx = torch.zeros(2, 3, dtype=torch.long)
+    out = torch.cat((idx, *model.generate(idx, max_new_tokens=12, temperature=0)), dim=1)
     assert out.shape == (2, 15)
     assert out.max() < 11
 
@@ -182,7 +184,7 @@ def test_rope_positions_are_relative_and_take_an_offset():
     q = torch.randn(1, 1, 4, 8)
     cos, sin = model.rotary(torch.arange(4))
     cos3, sin3 = model.rotary(torch.arange(3, 7))
-    from gptlab.model import apply_rotary
+    from gptlab.model.gpt import apply_rotary
 
     assert not torch.allclose(apply_rotary(q, cos, sin), apply_rotary(q, cos3, sin3))
     assert torch.allclose(apply_rotary(q, cos, sin).norm(dim=-1), q.norm(dim=-1), atol=1e-5)  # a rotation
@@ -244,12 +246,10 @@ def test_modern_switches_reject_invalid_values(kw, key):
         tiny(**kw)
 
 
-def test_gpt2_presets_leave_every_modern_switch_off():
-    import yaml
+def test_gpt2_presets_leave_every_modern_switch_off(tmp_path):
+    from conftest import make_config
 
-    from conftest import ROOT
-
-    for name in ("gpt2", "gpt_nano"):
-        preset = yaml.safe_load((ROOT / f"conf/model/{name}.yaml").read_text())
+    for name in ("gpt2", "gpt_nano", "gpt_small"):
+        preset = make_config([f"model={name}"], tmp_path).model  # the preset over GPTConfig's defaults
         assert not preset["rope"] and not preset["qk_norm"] and not preset["zero_init"]
         assert preset["logit_softcap"] is None and preset["activation"] == "gelu" and preset["tie_weights"]

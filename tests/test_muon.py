@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gptlab.muon import BatchedMuon, zeropower_via_newtonschulz
+from gptlab.train.muon import BatchedMuon, zeropower_via_newtonschulz
 
 # a block's four hidden shapes, twice (two layers), and one odd shape that batches alone
 SHAPES = [(48, 16), (16, 16), (64, 16), (16, 64)] * 2 + [(7, 5)]

@@ -7,10 +7,10 @@ import torch
 
 from conftest import FAST, make_config
 from gptlab.errors import ConfigError
-from gptlab.lit_module import GPTLitModule
-from gptlab.model import GPT, GPTConfig
-from gptlab.optim import CombinedOptimizer, OptimConfig, build, lr_factor, muon_split
-from gptlab.training import train
+from gptlab.model.gpt import GPT, GPTConfig
+from gptlab.train.module import GPTLitModule
+from gptlab.train.optim import CombinedOptimizer, OptimConfig, build, lr_factor, muon_split
+from gptlab.train.run import train
 
 
 def tiny_model(seed: int = 0) -> GPT:
@@ -149,7 +149,7 @@ def test_seq_len_warmup_phases():
 
 
 def test_seq_len_warmup_lengths_must_divide_the_block(tmp_path):
-    from gptlab.schema import validate
+    from gptlab.train.run_config import validate
 
     cfg = make_config(["model.block_size=512", "optim.seq_len_warmup=[[100,0.5],[1024,0.6]]"], tmp_path)
     with pytest.raises(ConfigError, match=r"optim.seq_len_warmup: window lengths \[100\] must divide data.block_size"):

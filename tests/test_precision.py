@@ -1,15 +1,16 @@
 """Precision choice, compile, and the MFU that training logs."""
 
+import dataclasses
 import logging
 
 import pytest
 import torch
 
 from conftest import FAST, make_config
-from gptlab.flops import flops_per_token, measured_peak_flops
-from gptlab.model import GPT, GPTConfig
-from gptlab.precision import cpu_bf16_flags, resolve_precision
-from gptlab.training import train
+from gptlab.model.gpt import GPT, GPTConfig
+from gptlab.train.flops import flops_per_token, measured_peak_flops
+from gptlab.train.precision import cpu_bf16_flags, resolve_precision
+from gptlab.train.run import train
 from tb import scalars
 
 ZEN4 = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n"
@@ -24,7 +25,7 @@ def test_bf16_is_detected_from_the_cpu_flags():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU choice; a GPU picks bf16-mixed by itself")
 def test_auto_precision_is_bf16_on_a_bf16_cpu_for_wide_models_and_says_why(caplog):
-    caplog.set_level(logging.INFO, logger="gptlab.precision")
+    caplog.set_level(logging.INFO, logger="gptlab.train.precision")
     assert resolve_precision("auto", "cpu", 384, ZEN4) == "bf16-mixed"
     assert resolve_precision("auto", "cpu", 128, ZEN4) == "32-true"
     assert "fp32 is faster at this width" in caplog.text
@@ -38,7 +39,7 @@ def test_flops_per_token_is_6n_plus_attention():
     cfg = GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=11)
     # 6896 parameters (test_model), less the 8 x 16 learned positions; attention: 12 * 2 * 16 * 8
     assert flops_per_token(GPT(cfg)) == 6 * (6896 - 128) + 12 * 2 * 16 * 8
-    assert flops_per_token(GPT(GPTConfig(**{**cfg.to_dict(), "rope": True}))) == 6 * 6768 + 3072
+    assert flops_per_token(GPT(dataclasses.replace(cfg, rope=True))) == 6 * 6768 + 3072
 
 
 def test_measured_peak_is_plausible():
@@ -60,6 +61,6 @@ def test_training_logs_mfu(tmp_path, small_corpus):
 @pytest.mark.slow
 def test_compiled_model_trains_like_the_eager_one(tmp_path, small_corpus):
     # inductor compiles C++ on the CPU: about a minute, hence slow
-    runs = [[*SHORT, f"data.path={small_corpus}", f"model.compile={c}"] for c in ("false", "true")]
+    runs = [[*SHORT, f"data.path={small_corpus}", f"compile={c}"] for c in ("false", "true")]
     eager, compiled = (train(make_config(r, tmp_path / str(i))) for i, r in enumerate(runs))
     assert compiled == pytest.approx(eager, abs=1e-3)

@@ -7,10 +7,10 @@ import time
 import pytest
 import torch
 
-import gptlab.training
+import gptlab.train.run
 from conftest import ROOT, make_config, run_cli
-from gptlab.errors import ConfigError
-from gptlab.resume import prepare_argv
+from gptlab.config.argv import prepare_argv
+from gptlab.config.errors import user_error_line
 
 NO_GPU = not torch.cuda.is_available()
 BAD = [
@@ -50,12 +50,14 @@ BAD = [
 
 
 def rejection(overrides: list[str], corpus, out) -> str | None:
-    """The one-line refusal a bad config gets from src/train.py's checks (before Hydra, then validate)."""
+    """The one-line refusal a bad config gets from src/train.py: Hydra's composition, then validate."""
     try:
         argv = prepare_argv(["model=gpt_nano", f"data.path={corpus}", *overrides])
-        gptlab.training.train(make_config(argv, out))
-    except ConfigError as e:
-        return str(e)
+        gptlab.train.run.train(make_config(argv, out))
+    except Exception as e:
+        if (line := user_error_line(e)) is None:
+            raise
+        return line
     return None
 
 
@@ -66,8 +68,8 @@ def no_data_or_model(monkeypatch):
     def loaded(*a, **kw):
         raise RuntimeError("data or model was loaded before the config was refused")
 
-    for name in ("CharDataModule", "StreamDataModule", "GPTLitModule"):
-        monkeypatch.setattr(gptlab.training, name, loaded)
+    for name in ("make_datamodule", "GPTLitModule"):
+        monkeypatch.setattr(gptlab.train.run, name, loaded)
 
 
 @pytest.mark.parametrize("overrides, message", BAD, ids=[" ".join(o) for o, _ in BAD])

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import run_cli
-from gptlab.datamodule import CharDataModule, DataConfig
+from gptlab.data.config import TextFileConfig
+from gptlab.data.text_file import TextFileDataModule
 
 ARGS = [
     "model=gpt_nano",
@@ -21,7 +22,7 @@ ARGS = [
 
 
 def first_batches(corpus, world_size: int, rank: int, n: int = 3) -> list[set]:
-    dm = CharDataModule(DataConfig(path=str(corpus), block_size=16, batch_size=8), seed=5)
+    dm = TextFileDataModule(TextFileConfig(path=str(corpus), block_size=16, batch_size=8), seed=5)
     dm.setup("fit")
     dm.trainer = SimpleNamespace(world_size=world_size, global_rank=rank)
     batches = iter(dm.train_dataloader())

@@ -5,9 +5,9 @@ import torch
 from lightning.pytorch.profilers import SimpleProfiler
 
 from conftest import FAST, make_config
-from gptlab.lit_module import GPTLitModule
-from gptlab.profiler import NoProfiler
-from gptlab.training import train
+from gptlab.train.module import GPTLitModule
+from gptlab.train.profiler import NoProfiler
+from gptlab.train.run import train
 
 
 class SeeTrainer(L.Callback):

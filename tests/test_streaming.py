@@ -10,12 +10,14 @@ import torch
 from torch.utils.data import DataLoader, get_worker_info
 
 from conftest import FAST, make_config
-from gptlab.bpe import GPT2Tokenizer
+from gptlab.data.bpe import GPT2Tokenizer
+from gptlab.data.config import StreamConfig
+from gptlab.data.loaders import ResumableLoader
+from gptlab.data.stream_source import held_out
+from gptlab.data.streaming import PackedStream, StreamDataModule
 from gptlab.errors import DataError
-from gptlab.lit_module import GPTLitModule
-from gptlab.resumable import ResumableLoader
-from gptlab.streaming import PackedStream, StreamConfig, StreamDataModule, held_out
-from gptlab.training import train
+from gptlab.train.module import GPTLitModule
+from gptlab.train.run import train
 
 EOT = 50256
 BLOCK = 16
@@ -271,7 +273,7 @@ def test_a_resumed_run_continues_the_stream_where_it_stopped(parquet_shards, tmp
 
 
 def test_each_rank_resumes_from_its_own_position(parquet_shards, monkeypatch):
-    from gptlab import resumable
+    import gptlab.data.loaders as resumable
 
     folder, _ = parquet_shards
     c = config([folder], shuffle_buffer=7)

@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import ROOT, make_config
-from gptlab.training import train
+from gptlab.train.run import train
 from tb import hparams_of, load_events, scalars
 
 SMALL = ["trainer.enable_progress_bar=false", "sample.max_new_tokens=20", "callbacks.text_sampler.max_new_tokens=20"]

@@ -9,11 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import run_cli
-from gptlab import token_cache
-from gptlab.bpe import GPT2Tokenizer
+from gptlab.data import token_cache
+from gptlab.data.bpe import GPT2Tokenizer
+from gptlab.data.config import StreamConfig
+from gptlab.data.stream_source import doc_hash, held_out
+from gptlab.data.streaming import StreamDataModule
+from gptlab.data.token_cache import cache_dtype, find_cache, prepare, write_tokens
 from gptlab.errors import DataError
-from gptlab.streaming import StreamConfig, StreamDataModule, doc_hash, held_out
-from gptlab.token_cache import cache_dtype, find_cache, prepare, write_tokens
 
 EOT = 50256
 

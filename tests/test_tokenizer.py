@@ -2,8 +2,8 @@ import json
 
 import pytest
 
+from gptlab.data.tokenizers import CharTokenizer, tokenizer_from_state
 from gptlab.errors import DataError
-from gptlab.tokenizer import CharTokenizer, tokenizer_from_state
 
 
 def test_round_trip_and_vocabulary():

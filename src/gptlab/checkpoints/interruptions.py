@@ -1,0 +1,118 @@
+"""Stopping with a checkpoint: SIGTERM, SIGINT and `reliability.stop_at_step` end a run after the current step,
+saved where Lightning saves; on SLURM, Lightning requeues the job (the Trainer plugins here)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from gptlab.checkpoints.atomic_io import AtomicCheckpointIO
+from gptlab.compat import accumulating, one_optimizer_step_back
+from gptlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReliabilityConfig:
+    slurm_requeue: bool = True  # on SLURM, Lightning requeues the job when it gets SIGUSR1 before its time limit
+    stop_at_step: int | None = None  # end this process after this optimizer step with a checkpoint, as a signal would
+
+    def __post_init__(self) -> None:
+        if self.stop_at_step is not None and self.stop_at_step <= 0:
+            raise ConfigError(f"reliability.stop_at_step must be a positive step or null, got {self.stop_at_step}")
+
+
+class Stopped(SystemExit):
+    """The run stopped early on purpose, with a checkpoint; the exit status says why (128 + signal, or 0)."""
+
+
+class Interruptions(L.Callback):
+    """SIGTERM, SIGINT (Ctrl-C) and `reliability.stop_at_step` end the run after the current step with a checkpoint.
+
+    The signal only sets a flag; the checkpoint is written at the end of the step, where Lightning itself saves,
+    so the resumed run continues exactly where this one stopped. Exit status 143 (SIGTERM), 130 (SIGINT), 0 (step).
+    """
+
+    def __init__(self, dirpath: str | Path, stop_at_step: int | None = None) -> None:
+        self.path = Path(dirpath) / "last.ckpt"
+        self.stop_at_step = stop_at_step
+        self.signum: int | None = None
+        self.status: int | None = None  # set once stopped: 0, or 128 + the signal
+        self.step = 0
+        self._previous_sigint = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning's own SIGTERM handler sets trainer.received_sigterm (and tells DDP ranks); SIGINT is ours
+        self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_sigint()
+
+    def _on_sigint(self, signum: int, frame) -> None:
+        self.signum = signal.SIGINT
+
+    def _restore_sigint(self) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, i: int) -> None:
+        if trainer.received_sigterm:
+            self.signum = signal.SIGTERM
+        if trainer.world_size > 1:  # every rank stops at the same step, or DDP hangs
+            signum = torch.tensor([self.signum or 0], device=pl_module.device)
+            self.signum = int(trainer.strategy.reduce(signum, reduce_op="max").item()) or None
+        step_reached = self.stop_at_step is not None and trainer.global_step >= self.stop_at_step
+        if (self.signum or step_reached) and self.status is None and not accumulating(trainer):
+            # where Lightning's own ModelCheckpoint saves; the process ends at the next hook, once Lightning has
+            # logged this step's metrics and stepped the lr schedule (trainer.should_stop would add a validation)
+            self._save(trainer, 128 + self.signum if self.signum else 0)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, i: int) -> None:
+        self.exit_if_stopped()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # the stop step was the last one; before ModelCheckpoint's on_train_end, which would save an ended epoch
+        self.exit_if_stopped()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_sigint()
+        if isinstance(exception, SIGTERMException) and self.status is None:
+            # Lightning raised after the step's bookkeeping (DDP: all ranks, at the next step's start); a checkpoint
+            # made inside the step, where Lightning saves, counts the logger's steps one lower
+            with one_optimizer_step_back(trainer):
+                self._save(trainer, 128 + signal.SIGTERM)
+
+    def _save(self, trainer: L.Trainer, status: int) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full state, to resume from
+        self.status, self.step = status, trainer.global_step
+
+    def exit_if_stopped(self) -> None:
+        """A stopped run ends here, with its status, and without the final sample."""
+        if self.status is None:
+            return
+        why = f"signal {signal.Signals(self.status - 128).name}" if self.status else "reliability.stop_at_step"
+        log.warning(
+            "stopped by %s after step %d; checkpoint %s; continue with: python src/train.py resume=%s",
+            why if self.status else f"{why}={self.stop_at_step}",
+            self.step,
+            self.path,
+            self.path.parent.parent,
+        )
+        raise Stopped(self.status)
+
+
+def plugins(config: ReliabilityConfig) -> list:
+    """Trainer plugins; on SLURM, Lightning requeues the job on SIGUSR1 (send it with `#SBATCH --signal=SIGUSR1@90`)."""
+    found = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        found.append(SLURMEnvironment(auto_requeue=config.slurm_requeue))
+    return found

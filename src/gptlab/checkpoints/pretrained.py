@@ -1,0 +1,105 @@
+"""Checkpoints: found, loaded for use outside training (sampling, evaluation, export, serving) or as the start of
+a fine-tuning run (a gptlab checkpoint, a run folder, or a Hugging Face GPT-2 folder); written atomically; chosen
+for a resume; checked against the config.
+
+Checkpoints are read with `torch.load(weights_only=True)` only: they hold plain containers and tensors, and
+nothing in them is ever instantiated as a class.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gptlab.data.tokenizers import tokenizer_from_state
+from gptlab.errors import GptlabError
+from gptlab.interop import hf
+from gptlab.model.gpt import GPT, GPTConfig
+
+log = logging.getLogger(__name__)
+# keys checkpoints of earlier versions hold under hyper_parameters.model, which are not architecture
+FORMER_MODEL_KEYS = ("compile", "init_from")
+
+
+@dataclass
+class Pretrained:
+    """Weights with the config and tokenizer they belong to."""
+
+    config: GPTConfig
+    weights: dict[str, torch.Tensor]  # gptlab's parameter names
+    tokenizer: object | None  # None: a Hugging Face folder that does not say which tokenizer its ids belong to
+    source: Path  # the checkpoint file or the folder read
+
+    def model(self, key: str = "ckpt_path") -> GPT:
+        return self.load_into(GPT(self.config), key)
+
+    def load_into(self, model: GPT, key: str = "ckpt_path") -> GPT:
+        expected, given = set(model.state_dict()), set(self.weights)
+        if expected != given:
+            missing, extra = sorted(expected - given), sorted(given - expected)
+            raise GptlabError(f"{key}: {self.source} does not fit the model: missing {missing[:4]}, extra {extra[:4]}")
+        model.load_state_dict(self.weights)
+        return model
+
+    def require_tokenizer(self, key: str = "ckpt_path"):
+        if self.tokenizer is None:
+            raise GptlabError(
+                f"{key}: {self.source} has no {hf.GPTLAB_TOKENIZER} and its vocab_size {self.config.vocab_size} "
+                f"is not GPT-2's {hf.GPT2_VOCAB_SIZE}: the tokenizer its ids belong to is unknown"
+            )
+        return self.tokenizer
+
+
+def find_checkpoint(path: str | Path, prefer: str = "best", key: str = "ckpt_path") -> Path:
+    """A .ckpt file as given, or a run folder's checkpoints/<prefer>.ckpt (falling back to the other one)."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        other = "last" if prefer == "best" else "best"
+        for name in (prefer, other):
+            for candidate in (path / "checkpoints" / f"{name}.ckpt", path / f"{name}.ckpt"):
+                if candidate.is_file():
+                    return candidate
+        raise GptlabError(f"{key}: no checkpoints/{prefer}.ckpt or {other}.ckpt in run folder {path}")
+    raise GptlabError(f"{key}: checkpoint not found: {path}")
+
+
+def read_checkpoint(path: Path, key: str = "ckpt_path") -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, corrupt, or not written by gptlab
+        raise GptlabError(f"{key}: cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
+
+
+def load_pretrained(path: str | Path, prefer: str = "best", key: str = "ckpt_path") -> Pretrained:
+    """A checkpoint file, a run folder (its best or last checkpoint) or a Hugging Face GPT-2 folder."""
+    if hf.is_hf_folder(path):
+        config, weights, tokenizer = hf.read_folder(path, key)
+        folder = Path(path).expanduser()
+        return Pretrained(config, weights, tokenizer, folder)
+    ckpt_file = find_checkpoint(path, prefer, key)
+    return from_checkpoint(read_checkpoint(ckpt_file, key), ckpt_file, key)
+
+
+def from_checkpoint(ckpt: dict, ckpt_file: Path, key: str = "ckpt_path") -> Pretrained:
+    """The weights, config and tokenizer of a gptlab checkpoint already read."""
+    try:
+        hp = ckpt["hyper_parameters"]
+        config = GPTConfig(**{k: v for k, v in hp["model"].items() if k not in FORMER_MODEL_KEYS})
+        tokenizer = tokenizer_from_state(ckpt.get("tokenizer", hp["tokenizer"]))
+        state = ckpt["state_dict"]
+    except (KeyError, TypeError) as e:
+        raise GptlabError(f"{key}: {ckpt_file} is not a gptlab checkpoint (missing {e})") from None
+    weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    return Pretrained(config, weights, tokenizer, ckpt_file)
+
+
+def load_trained(path: str | Path, device: str | torch.device = "cpu", prefer: str = "best") -> tuple[GPT, object]:
+    """(model in eval mode, tokenizer) from anything load_pretrained reads."""
+    pretrained = load_pretrained(path, prefer)
+    tokenizer = pretrained.require_tokenizer()
+    return pretrained.model().to(device).eval(), tokenizer

@@ -1,0 +1,143 @@
+"""Every private API of another package that gptlab relies on, in one place.
+
+Each use below says why no public API does the job and what breaks if it changes. tests/test_compat.py exercises
+every one against the installed versions and fails, naming the function, when one changes meaning; pyproject.toml
+bounds these packages from above (lightning, torch, torchdata, hydra-core), so an upgrade is a decision taken with
+those tests run first.
+
+This module imports nothing at load time beyond the standard library: callers pass the objects in.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+# --- Lightning (2.6) -------------------------------------------------------------------------------------------
+
+# The attribute Lightning sets on a LightningModule before each of some 50 hook calls a step. nn.Module's
+# __setattr__ checks every assignment for parameters, buffers and submodules; GPTLitModule skips those checks for
+# this name and its own per-step counters, which are never any of them. If Lightning renames it, the bypass simply
+# stops applying (no wrong result, only the old cost); the test checks the name is still the one set.
+LIGHTNING_HOOK_NAME_ATTRIBUTE = "_current_fx_name"
+
+# What Lightning's DDP launcher sets in the parent process; a sweep clears them after each job, or the next job
+# would think its ranks already exist. A child rank it started has LOCAL_RANK set.
+LIGHTNING_LAUNCHER_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def is_launched_rank() -> bool:
+    """This process is a DDP rank that Lightning's launcher started into a run its rank 0 already made."""
+    return "LOCAL_RANK" in os.environ
+
+
+def accumulating(trainer: Any) -> bool:
+    """Whether the batch that just ran is inside a gradient-accumulation window (no optimizer step after it).
+
+    Why private: Lightning decides this from its own batch counters and the end of the epoch
+    (`_should_accumulate`); recomputing it from `batch_idx` would miss the final batch of a finite epoch. If it
+    changes, a signal could save a checkpoint inside an accumulation window, which then resumes inexactly.
+    """
+    return trainer.fit_loop.epoch_loop._should_accumulate()
+
+
+@contextmanager
+def one_optimizer_step_back(trainer: Any) -> Iterator[None]:
+    """Count the loggers' step one lower while a checkpoint is written.
+
+    Why private: after SIGTERM Lightning raises at the start of the next step, after it already counted the step
+    for its loggers (`_batches_that_stepped`); a checkpoint written there must record the count the step had, or
+    the resumed run logs every step one off. If it changes, the resume test of SIGTERM fails.
+    """
+    loop = trainer.fit_loop.epoch_loop
+    loop._batches_that_stepped -= 1
+    try:
+        yield
+    finally:
+        loop._batches_that_stepped += 1
+
+
+# --- torch ------------------------------------------------------------------------------------------------------
+
+
+def skip_in_fused_kernel(optimizer: Any, found_inf: Any) -> None:
+    """Have a fused Adam/AdamW skip its next step inside the kernel when `found_inf` (a 0-dim float tensor) is 1.
+
+    Why private: `found_inf` is the attribute AMP's GradScaler sets for fused optimizers; no public argument of
+    `step()` carries it, and setting it keeps the host from waiting on the device every step. If it changes, the
+    fused path would step on non-finite gradients: the non-finite guard's tests fail.
+    """
+    optimizer.found_inf = found_inf
+
+
+def muon_init_group(optimizer: Any, group: dict, params: list, grads: list, bufs: list) -> None:
+    """torch.optim.Muon's own gathering of a group's parameters, gradients and momentum buffers.
+
+    Why private: BatchedMuon replaces only the update; reusing `_init_group` keeps Muon's checks (2-D parameters,
+    no sparse gradients) and its state layout, so its checkpoints stay Muon's. If it changes, BatchedMuon's
+    bit-equality test against torch.optim.Muon fails.
+    """
+    optimizer._init_group(group, params, grads, bufs)
+
+
+def worker_error_line(message: str) -> str:
+    """The original one-line message of an exception re-raised from a dataloader worker.
+
+    Why private: torch re-raises a worker's exception in the main process with the worker's whole traceback as its
+    message ("Caught X in DataLoader worker process 0. Original Traceback ..."); that text is its only form. If it
+    changes, the message is kept whole (a traceback-like wall instead of one line), which a streaming test catches.
+    """
+    if message.startswith("Caught ") and "Original Traceback" in message:
+        return message.strip().splitlines()[-1].split(": ", 1)[-1]
+    return message
+
+
+# --- torchdata (0.11) -------------------------------------------------------------------------------------------
+
+
+def batches_given(state: dict) -> int:
+    """How many batches a StatefulDataLoader's saved state says it has given in the current pass.
+
+    Why private: the state dict's keys are torchdata's internal layout; PassLoader needs the count to tell "the end
+    of a pass" from "inside a pass" when it saves. If they change, the resume-across-a-pass test fails.
+    """
+    if "_snapshot" in state:  # worker processes: the last snapshot, and the batches given since
+        return state["_snapshot"]["_snapshot_step"] + state["_steps_since_snapshot"]
+    return state["_num_yielded"]
+
+
+# --- Hydra (1.3) with Lightning's DDP launcher --------------------------------------------------------------------
+
+
+@contextmanager
+def ddp_children_rerun_job(job_overrides: list[str], job_dir: str) -> Iterator[None]:
+    """Within a Hydra multirun job, make the DDP ranks Lightning starts re-run this one job, in its folder.
+
+    Why private: Lightning's launcher starts each rank as `sys.argv` plus `hydra.run.dir=<HydraConfig.run.dir>`;
+    in a multirun both name the whole sweep, so every rank would start a sweep of its own. Both are set here for the
+    job and put back after it, with the launcher's environment, so the next job starts fresh ranks. If Lightning
+    or Hydra changes how the command is built, the sweep-over-DDP test fails (two trees, or a hang).
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import read_write
+
+    hydra_cfg = HydraConfig.get()
+    argv, saved_env = sys.argv, {k: os.environ.get(k) for k in LIGHTNING_LAUNCHER_ENV}
+    run_dir = hydra_cfg.run.dir
+    sys.argv = [argv[0], *job_overrides]
+    with read_write(hydra_cfg):
+        hydra_cfg.run.dir = job_dir
+    try:
+        yield
+    finally:
+        sys.argv = argv
+        with read_write(hydra_cfg):
+            hydra_cfg.run.dir = run_dir
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -1,0 +1,87 @@
+"""One text file as data (char or GPT-2 BPE tokens): split 90/10, random training windows, fixed validation windows."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from gptlab.data.config import TextFileConfig
+from gptlab.data.loaders import PassLoader
+from gptlab.data.text_source import locate, read_text
+from gptlab.data.tokenizers import CharTokenizer, make_tokenizer
+from gptlab.data.windows import training_windows, validation_windows
+from gptlab.errors import DataError
+
+
+class TextFileDataModule(L.LightningDataModule):
+    def __init__(self, config: TextFileConfig, tokenizer=None, seed: int = 0):
+        super().__init__()
+        self.config = config
+        self.seed = seed
+        # given: the tokenizer of the weights being evaluated or fine-tuned; else built from the corpus
+        self.tokenizer: CharTokenizer | None = tokenizer  # or GPT2Tokenizer
+        self.train_tokens: torch.Tensor | None = None
+        self.val_tokens: torch.Tensor | None = None
+
+    def prepare_data(self) -> None:
+        c = self.config
+        locate(c.path, c.url, c.sha256, c.cache_dir)  # downloads once, on one process
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.val_tokens is not None:
+            return
+        c = self.config
+        path = locate(c.path, c.url, c.sha256, c.cache_dir)
+        text = read_text(path)
+        self.tokenizer = self.tokenizer or make_tokenizer(c.tokenizer, text)
+        try:
+            tokens = torch.tensor(self.tokenizer.encode(text), dtype=torch.int32)
+        except DataError as e:  # a given char vocabulary that lacks some of the corpus's characters
+            raise DataError(f"data.path: {path}: {e}") from None
+        n_train = int(len(tokens) * (1 - c.val_fraction))  # first 90% / last 10%, as nanoGPT splits
+        self.train_tokens, self.val_tokens = tokens[:n_train], tokens[n_train:]
+        for split, part in (("train", self.train_tokens), ("val", self.val_tokens)):
+            if len(part) < c.block_size + 1:
+                raise DataError(
+                    f"data.path: {path} gives {len(part)} {split} tokens, fewer than "
+                    f"data.block_size + 1 = {c.block_size + 1}"
+                )
+
+    def train_dataloader(self) -> PassLoader:
+        """Random windows, resumable mid-epoch: Lightning saves and restores this loader's position.
+
+        The order is a pure function of (seed, epoch): Lightning calls the sampler's set_epoch. With DDP,
+        data.batch_size stays the global batch: each of the N ranks takes every N-th window of the same order
+        and batch_size / N of them per step, so a step sees the same windows as on one process.
+        """
+        dataset = training_windows(self.train_tokens, self.config.block_size)
+        ranks, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        sampler = DistributedSampler(
+            dataset, num_replicas=ranks, rank=rank, shuffle=True, seed=self.seed, drop_last=True
+        )
+        workers = self.config.num_workers
+        return PassLoader(
+            dataset,
+            batch_size=self.config.per_process_batch(ranks),
+            sampler=sampler,
+            drop_last=True,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            # the workers' seeds come from here, not from the global RNG the model's dropout draws from
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        workers = self.config.num_workers
+        return DataLoader(
+            validation_windows(self.val_tokens, self.config.block_size),
+            batch_size=self.config.val_batch_size or self.config.batch_size,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            # each new iterator draws a seed from this; from the global RNG it would make dropout's draws depend
+            # on how often validation builds an iterator, so on num_workers
+            generator=torch.Generator().manual_seed(self.seed),
+        )

@@ -1,0 +1,42 @@
+"""The config schemas, registered with Hydra's ConfigStore, so Hydra itself checks every key and type as it composes.
+
+Each dataclass stays beside the code it configures and holds every default once; a preset in conf/ names its
+schema in its defaults list and lists only what differs (conf/model/gpt_small.yaml: `defaults: [base, _self_]`).
+Registered as group options: model/base (GPTConfig), optim/base (OptimConfig), data/base_text_file
+(TextFileConfig) and data/base_stream (StreamConfig).
+
+Imported by the entry points (gptlab.cli.run) before Hydra composes; it imports no Lightning.
+"""
+
+from __future__ import annotations
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from gptlab.data.config import StreamConfig, TextFileConfig
+from gptlab.errors import ConfigError
+from gptlab.model.gpt import GPTConfig
+from gptlab.train.optim import OptimConfig
+
+SCHEMAS = {
+    ("model", "base"): GPTConfig,
+    ("optim", "base"): OptimConfig,
+    ("data", "base_text_file"): TextFileConfig,
+    ("data", "base_stream"): StreamConfig,
+}
+
+
+def register() -> None:
+    store = ConfigStore.instance()
+    for (group, name), node in SCHEMAS.items():
+        store.store(group=group, name=name, node=node)
+    if not OmegaConf.has_resolver("required"):
+        OmegaConf.register_new_resolver("required", required)
+
+
+def required(key: str, why: str = "") -> None:
+    """`${required:init_from,experiment=finetune_gpt2}`: a value a preset needs from the command line.
+
+    `???` cannot say it in a preset: merged over a default, OmegaConf keeps the default.
+    """
+    raise ConfigError(f"{key}: required{f' by {why}' if why else ''}: set {key}=... on the command line")

@@ -1,0 +1,4 @@
+"""gptlab.serve: an OpenAI-style completions server over a trained model (FastAPI).
+
+May import: gptlab.errors, config, model, checkpoints (the Lightning-free parts). Never Lightning.
+"""

@@ -1,0 +1,198 @@
+"""An OpenAI-style completions endpoint over a trained model: `POST /v1/completions` and `GET /health`.
+
+Generation runs one token at a time in a worker thread, so the event loop stays free to answer health checks,
+refuse requests past the concurrency limit at once (429), and notice a client that has gone: a stream whose
+client disconnects is cancelled between two tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated
+
+import anyio
+import torch
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from gptlab.checkpoints.pretrained import load_pretrained
+from gptlab.errors import ConfigError, GptlabError
+from gptlab.model.sampling import SamplingParams
+from gptlab.model.text_stream import TextStream, encode_prompt
+
+
+@dataclass
+class ServeConfig:
+    """conf/serve.yaml."""
+
+    ckpt_path: str = "???"  # a .ckpt file or a run folder (its best checkpoint)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_tokens: int = 512  # the most tokens one request may ask for
+    default_max_tokens: int = 16  # when a request does not say (OpenAI's default)
+    max_prompt_tokens: int = 4096
+    max_concurrent: int = 2  # generations at once; one more gets 429 straight away
+    kv_cache: bool = True
+    device: str = "cpu"
+    model_name: str | None = None  # the "model" reported in responses; default: the checkpoint's run and file
+
+    def __post_init__(self) -> None:
+        if not self.ckpt_path:
+            raise ConfigError("ckpt_path: empty: give a .ckpt file or a run folder")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be in [0, 65535], got {self.port}")
+        for key in ("max_tokens", "max_prompt_tokens", "max_concurrent"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be a positive integer, got {getattr(self, key)}")
+        if not 0 <= self.default_max_tokens <= self.max_tokens:
+            raise ConfigError(f"default_max_tokens must be in [0, max_tokens={self.max_tokens}]")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device: {self.device} asked for, but torch sees no CUDA device")
+
+
+class CompletionRequest(BaseModel):
+    """The fields of OpenAI's completions request that a single-model server can honour; any other is a 422."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    prompt: str
+    max_tokens: int | None = Field(default=None, ge=0)
+    temperature: float = Field(default=1.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=1)
+    stop: str | Annotated[list[str], Field(max_length=16)] | None = None
+    seed: int | None = None
+    stream: bool = False
+    model: str | None = None  # accepted for compatibility: this server has one model
+    n: int = Field(default=1, ge=1, le=1)
+
+
+class Slots:
+    """A fixed number of generation slots, taken without waiting: no slot, no queue."""
+
+    def __init__(self, size: int):
+        self.size, self.taken = size, 0
+
+    def take(self) -> Lease | None:
+        if self.taken >= self.size:
+            return None
+        self.taken += 1
+        return Lease(self)
+
+
+class Lease:
+    def __init__(self, slots: Slots):
+        self.slots, self.held = slots, True
+
+    def release(self) -> None:  # idempotent: the stream's end and the response's cleanup both call it
+        if self.held:
+            self.held = False
+            self.slots.taken -= 1
+
+
+def create_app(config: ServeConfig) -> FastAPI:
+    weights = load_pretrained(config.ckpt_path)
+    tokenizer = weights.require_tokenizer()
+    model = weights.model().to(torch.device(config.device)).eval()
+    source = weights.source
+    in_run = source.parent.name == "checkpoints"
+    model_name = config.model_name or (f"{source.parent.parent.name}/{source.name}" if in_run else source.name)
+    slots = Slots(config.max_concurrent)
+    stats = {"requests": 0, "tokens_generated": 0}
+    app = FastAPI(title="gptlab", docs_url=None, redoc_url=None)
+    app.state.model_name = model_name
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {
+            "status": "ok",
+            "model": model_name,
+            "active_generations": slots.taken,
+            "max_concurrent": slots.size,
+            **stats,
+        }
+
+    def prepare(req: CompletionRequest) -> TextStream:
+        max_tokens = config.default_max_tokens if req.max_tokens is None else req.max_tokens
+        if max_tokens > config.max_tokens:
+            raise HTTPException(422, f"max_tokens: {max_tokens} exceeds this server's limit of {config.max_tokens}")
+        try:
+            params = SamplingParams(max_tokens, req.temperature, req.top_k, req.top_p, req.seed, req.stop)
+            prompt_ids = encode_prompt(tokenizer, req.prompt)
+        except GptlabError as e:
+            raise HTTPException(422, str(e)) from None
+        if len(prompt_ids) > config.max_prompt_tokens:
+            raise HTTPException(
+                422, f"prompt: {len(prompt_ids)} tokens exceed this server's limit of {config.max_prompt_tokens}"
+            )
+        return TextStream(model, tokenizer, prompt_ids, params, kv_cache=config.kv_cache)
+
+    async def pieces(stream: TextStream, request: Request, lease: Lease) -> AsyncIterator[str]:
+        """The stream's text pieces, each token computed in a worker thread; stops if the client goes."""
+        tokens, done, counted = iter(stream), object(), 0
+        try:
+            while not await request.is_disconnected():
+                piece = await anyio.to_thread.run_sync(next, tokens, done)
+                stats["tokens_generated"] += stream.completion_tokens - counted
+                counted = stream.completion_tokens
+                if piece is done:
+                    return
+                yield piece
+        finally:
+            lease.release()
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, request: Request):
+        stream = prepare(req)
+        lease = slots.take()
+        if lease is None:
+            raise HTTPException(429, f"busy: all {slots.size} generation slots are taken, try again later")
+        stats["requests"] += 1
+        head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time())}
+        head["model"] = model_name
+
+        def usage() -> dict:
+            prompt, completion = len(stream.prompt_ids), stream.completion_tokens
+            return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+        if not req.stream:
+            text = "".join([piece async for piece in pieces(stream, request, lease)])
+            return {**head, "choices": [choice(text, stream.finish_reason)], "usage": usage()}
+
+        async def events() -> AsyncIterator[str]:
+            async for piece in pieces(stream, request, lease):
+                yield sse({**head, "choices": [choice(piece, None)]})
+            yield sse({**head, "choices": [choice("", stream.finish_reason)], "usage": usage()})
+            yield "data: [DONE]\n\n"
+
+        return LeasedStream(events(), lease)
+
+    return app
+
+
+class LeasedStream(StreamingResponse):
+    """Server-sent events that give their generation slot back however the response ends, even if the client
+    left before the first event (then the event generator never starts, and its own cleanup never runs)."""
+
+    def __init__(self, content: AsyncIterator[str], lease: Lease):
+        super().__init__(content, media_type="text/event-stream")
+        self.lease = lease
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.lease.release()
+
+
+def choice(text: str, finish_reason: str | None) -> dict:
+    return {"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}
+
+
+def sse(data: dict) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"

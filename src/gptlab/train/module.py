@@ -1,0 +1,155 @@
+"""The LightningModule: next-token cross-entropy, the optimizer, and what gets logged.
+
+Metrics go through Lightning's `self.log`, so callbacks (ModelCheckpoint, EarlyStopping) can monitor them and every
+logger gets them. They are logged on logging steps only (every trainer.log_every_n_steps optimizer steps), all in
+one `log_dict` call after the optimizer step: `train/loss` is the mean over the global batch (every micro-batch of
+the accumulation window, every process), `train/lr`, `train/grad_norm` (before clipping) and
+`train/skipped_steps`; the perf/ scalars come from gptlab.train.callbacks.PerfLogger the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+
+from gptlab.compat import LIGHTNING_HOOK_NAME_ATTRIBUTE
+from gptlab.data.tokenizers import tokenizer_from_state
+from gptlab.errors import GptlabError
+from gptlab.model.gpt import GPT, GPTConfig
+from gptlab.train.fault_guard import FaultGuard
+from gptlab.train.optim import OptimConfig
+from gptlab.train.optim import build as build_optimizer
+
+# attributes set every step that are never parameters, buffers or modules (see GPTLitModule.__setattr__)
+_PLAIN_ATTRIBUTES = frozenset({LIGHTNING_HOOK_NAME_ATTRIBUTE, "_loss_sum", "_micro_batches", "logs_this_step"})
+
+
+class GPTLitModule(L.LightningModule):
+    def __init__(self, model: dict, optim: dict, tokenizer: dict, compile: bool = False):
+        super().__init__()
+        # plain dicts only: checkpoints must load with torch.load(weights_only=True); compiling is not a property of
+        # the weights, so a run may resume with or without it
+        self.save_hyperparameters(logger=False, ignore=["compile"])
+        self.model = GPT(GPTConfig(**model))
+        # compile the training/validation forward only: generation's changing shapes would recompile it
+        self._forward = torch.compile(self.model.forward) if compile else self.model.forward
+        self.optim_config = OptimConfig(**optim)
+        self.tokenizer = tokenizer_from_state(tokenizer)
+        self.val_loss = MeanMetric()
+        self._loss_sum = torch.zeros(())
+        self._micro_batches = 0
+        self.logs_this_step = True  # whether this optimizer step's metrics are logged
+        self._step_metrics: dict[str, torch.Tensor | float] = {}  # queued for this step's log
+        self.fault_guard = FaultGuard(self.optim_config.max_bad_steps)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning names the running hook some 50 times a step, and the counters above change every step;
+        # nn.Module's checks for parameters, buffers and submodules cost microseconds each time, and none of these
+        # values is one
+        if name in _PLAIN_ATTRIBUTES:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx)[0]
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # decided before the step, so callbacks' hooks (PerfLogger's) know it too; Lightning logs on the same steps
+        every = self.trainer.log_every_n_steps
+        self.logs_this_step = every > 0 and (self.trainer.global_step + 1) % every == 0
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = self._warmup_windows(*batch)
+        _, loss = self._forward(x, y)
+        self._loss_sum = self._loss_sum.to(loss.device) + loss.detach()
+        self._micro_batches += 1
+        return loss
+
+    def _warmup_windows(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """optim.seq_len_warmup: the batch's windows cut into shorter ones (every target keeps its input)."""
+        length = self.optim_config.seq_len(self.trainer.global_step, self.trainer.max_steps)
+        if length is None or length >= x.size(1):
+            return x, y
+        return x.reshape(-1, length), y.reshape(-1, length)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # one optimizer step = one accumulation window: log its mean loss, not the last micro-batch's
+        loss = self._loss_sum / self._micro_batches
+        self._loss_sum, self._micro_batches = torch.zeros((), device=self._loss_sum.device), 0
+        if self.logs_this_step:
+            # one lr for all groups (they differ only in weight decay), so one curve rather than one per group
+            self.log_step({"train/loss": loss, "train/lr": optimizer.param_groups[0]["lr"]})
+
+    def log_step(self, metrics: dict[str, torch.Tensor | float]) -> None:
+        """Queue scalars for this optimizer step's log (call it only when `logs_this_step`)."""
+        self._step_metrics.update(metrics)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if self._step_metrics:
+            self._log_step_metrics()
+
+    def _log_step_metrics(self) -> None:
+        # one call for all: each self.log call has a fixed cost, and only logging steps pay it
+        metrics, self._step_metrics = self._step_metrics, {}
+        # the mean over every process's share of the global batch (the others are the same on every process)
+        self.log("train/loss", metrics.pop("train/loss"), prog_bar=True, sync_dist=True, batch_size=1)
+        if (rate := metrics.pop("perf/tokens_per_sec", None)) is not None:
+            self.log("perf/tokens_per_sec", rate, prog_bar=True, batch_size=1)
+        self.log_dict(metrics, batch_size=1)
+
+    def on_fit_start(self) -> None:
+        self.fault_guard.on_device = self.trainer.precision != "16-mixed"  # fp16's GradScaler sets found_inf itself
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # clip here ourselves so the pre-clipping norm is logged without a second pass over the gradients
+        max_norm = gradient_clip_val if gradient_clip_val else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
+        if self.logs_this_step:
+            self.log_step({"train/grad_norm": norm})
+        self._guard_non_finite(norm, optimizer)
+
+    def _guard_non_finite(self, norm: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """Skip a step whose gradient (so also whose loss) is not finite; stop after optim.max_bad_steps in a row."""
+        guard = self.fault_guard
+        skipped = guard.step(norm, optimizer)
+        if self.logs_this_step:
+            self.log_step({"train/skipped_steps": skipped})
+            guard.sync()  # a host read on the GPU, but logging reads there anyway
+        if guard.tripped:
+            ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
+            raise GptlabError(
+                f"optim.max_bad_steps: {guard.in_a_row} steps in a row had a non-finite loss or gradient "
+                f"(last at step {self.trainer.global_step}); stopped. Last good checkpoint: {ckpt}"
+            )
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        _, loss = self._forward(x, y)
+        self.val_loss.update(loss, weight=(y != -1).sum())  # token-weighted: the exact mean over the split
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        # already reduced across ranks by the metric; sync_dist only keeps Lightning from warning
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val/ppl", loss.exp(), sync_dist=True)
+
+    def configure_optimizers(self):
+        optimizer, scheduler = build_optimizer(self.model, self.optim_config, self.trainer.max_steps)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tokenizer"] = self.tokenizer.state_dict()
+        checkpoint["fault_guard"] = self.fault_guard.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # the tokenizer was checked against the run's before any weight loaded (gptlab.checkpoints.compatibility)
+        self.fault_guard.load_state_dict(checkpoint.get("fault_guard", {}))

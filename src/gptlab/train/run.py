@@ -1,0 +1,141 @@
+"""One training run from a composed config: validate, build, fit, sample."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf
+
+from gptlab.checkpoints.compatibility import check_fits
+from gptlab.checkpoints.interruptions import Interruptions, plugins
+from gptlab.checkpoints.pretrained import Pretrained, from_checkpoint, load_pretrained
+from gptlab.checkpoints.resume import resume_checkpoint
+from gptlab.checkpoints.rng_state import RNGState
+from gptlab.data.factory import make_datamodule
+from gptlab.model.sampling import SampleConfig
+from gptlab.model.text_stream import sample_text
+from gptlab.train.callbacks import TextSampler
+from gptlab.train.host_memory import keep_freed_memory
+from gptlab.train.module import GPTLitModule
+from gptlab.train.precision import resolve_precision
+from gptlab.train.profiler import NoProfiler
+from gptlab.train.run_config import RunConfig, validate
+from gptlab.train.tensorboard import HPARAMS_METRICS, flatten, log_hparams, markdown_table
+
+log = logging.getLogger(__name__)
+# lightning 2.6 on torch 2.13 warns about its own use of a torch pytree API on every run; nothing to act on
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> float | None:
+    """Fit the model the config describes; returns the final val/loss (what a sweeper minimises).
+
+    `extra_callbacks` join the configured ones (bench/train.py times steps through one).
+    """
+    run = validate(cfg)  # every config error surfaces here, before data or model load
+    init = pretrained_start(run)
+    if run.keep_freed_memory and keep_freed_memory():
+        log.info("host memory: glibc keeps freed memory for reuse (keep_freed_memory)")
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    resumed_from, resumed = resume_from(run.ckpt_path)
+    if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
+        log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    datamodule = make_datamodule(run.data, init.tokenizer if init else None, cfg.seed)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    run.model.vocab_size = datamodule.tokenizer.vocab_size
+    if resumed is not None:  # before any weight is loaded: same shapes, same tokenizer, or a clear refusal
+        check_fits(resumed, "ckpt_path", run.model, datamodule.tokenizer.state_dict())
+        del resumed
+    module = GPTLitModule(
+        model=asdict(run.model),
+        optim=asdict(run.optim),
+        tokenizer=datamodule.tokenizer.state_dict(),
+        compile=run.compile,
+    )
+    if init is not None and resumed_from is None:  # a resumed run restores its own weights instead
+        init.load_into(module.model, "init_from")
+        log.info("initialised from %s", init.source)
+
+    trainer = build_trainer(cfg, run, output_dir, extra_callbacks)
+    if trainer.is_global_zero:
+        log.info("parameters:\n%s", markdown_table(module.model.parameter_breakdown()))
+        datamodule.tokenizer.save(output_dir / "tokenizer.json")
+        hparams = flatten(OmegaConf.to_container(cfg, resolve=True))
+        hparams["n_params"] = module.model.parameter_breakdown()["total"]
+        log_hparams(trainer.loggers, hparams, HPARAMS_METRICS)
+
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resumed_from)
+    except SIGTERMException:
+        pass  # Lightning's way to stop every rank on SIGTERM; the checkpoint is written, exit below says so
+    next(c for c in trainer.callbacks if isinstance(c, Interruptions)).exit_if_stopped()
+
+    val_loss = trainer.callback_metrics.get("val/loss")
+    if trainer.is_global_zero:
+        sample = final_sample(module, run.sample, trainer)
+        print(f"\n--- sample from the final model ---\n{sample}\n---", flush=True)
+        if val_loss is not None:
+            log.info("final val/loss %.4f (ppl %.2f); run folder: %s", val_loss, val_loss.exp(), output_dir)
+    return None if val_loss is None else float(val_loss)
+
+
+def build_trainer(
+    cfg: DictConfig, run: RunConfig, output_dir: Path, extra_callbacks: list[L.Callback] | None
+) -> L.Trainer:
+    """The Trainer the config describes, with gptlab's own callbacks and plugins for checkpoints and signals."""
+    callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    callbacks += extra_callbacks or []
+    callbacks += [RNGState(), Interruptions(output_dir / "checkpoints", run.reliability.stop_at_step)]
+    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar it was told not to show
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
+    precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator, run.model.n_embd)
+    if torch.cuda.is_available() and cfg.trainer.accelerator in ("gpu", "cuda", "auto"):
+        torch.set_float32_matmul_precision("high")  # TF32 for whatever still runs in fp32
+    unprofiled = {} if cfg.trainer.get("profiler") else {"profiler": NoProfiler()}
+    return hydra.utils.instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers,
+        precision=precision,
+        plugins=plugins(run.reliability),
+        **unprofiled,
+    )
+
+
+def final_sample(module: GPTLitModule, config: SampleConfig, trainer: L.Trainer) -> str:
+    """The sample the last validation logged, when it ran at the final step with the same settings; else a new one."""
+    samplers = [c for c in trainer.callbacks if isinstance(c, TextSampler)]
+    drawn = next((t for c in samplers if (t := c.text_at(trainer.global_step, config)) is not None), None)
+    return drawn if drawn is not None else sample_text(module.model, module.tokenizer, config)
+
+
+def pretrained_start(run: RunConfig) -> Pretrained | None:
+    """The weights init_from names, refused before any data is read unless their shape and tokenizer fit."""
+    if not run.init_from:
+        return None
+    init = load_pretrained(run.init_from, key="init_from")
+    init.require_tokenizer("init_from")
+    check_fits(init, "init_from", run.model, run.data.tokenizer)
+    return init
+
+
+def resume_from(ckpt_path: str | None) -> tuple[Path | None, Pretrained | None]:
+    """The checkpoint file a resumed run continues from, and what it holds (to check before any weight loads)."""
+    if not ckpt_path:
+        return None, None
+    ckpt_file, ckpt = resume_checkpoint(ckpt_path)
+    return ckpt_file, from_checkpoint(ckpt, ckpt_file, "ckpt_path")

@@ -1,0 +1,148 @@
+"""The training run's config: typed, validated views of the composed Hydra config, checked before any data or model
+is loaded."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from gptlab.checkpoints.interruptions import ReliabilityConfig
+from gptlab.config.errors import ours_first
+from gptlab.config.typed import typed
+from gptlab.data.config import StreamConfig, TextFileConfig
+from gptlab.data.factory import data_config
+from gptlab.errors import ConfigError
+from gptlab.model.gpt import GPTConfig
+from gptlab.model.sampling import SampleConfig
+from gptlab.train.optim import OptimConfig
+
+
+@dataclass
+class RunConfig:
+    model: GPTConfig
+    data: TextFileConfig | StreamConfig
+    optim: OptimConfig
+    sample: SampleConfig
+    reliability: ReliabilityConfig
+    max_steps: int
+    ckpt_path: str | None  # resume: a checkpoint or run folder, continued at the step it stopped
+    init_from: str | None  # fine-tune: weights to start from at step 0
+    compile: bool
+    keep_freed_memory: bool
+    processes: int  # trainer.devices x trainer.num_nodes
+
+
+def validate(cfg: DictConfig) -> RunConfig:
+    with ours_first():
+        run = read(cfg)
+    check(run)
+    return run
+
+
+def read(cfg: DictConfig) -> RunConfig:
+    return RunConfig(
+        model=typed(cfg, "model", GPTConfig),
+        data=data_config(cfg),
+        optim=typed(cfg, "optim", OptimConfig),
+        sample=typed(cfg, "sample", SampleConfig),
+        reliability=typed(cfg, "reliability", ReliabilityConfig),
+        max_steps=cfg.trainer.get("max_steps", -1),
+        ckpt_path=cfg.get("ckpt_path"),
+        init_from=cfg.get("init_from"),
+        compile=cfg.get("compile", False),
+        keep_freed_memory=cfg.get("keep_freed_memory", True),
+        processes=check_trainer(cfg.trainer),
+    )
+
+
+def check(run: RunConfig) -> None:
+    """What no single dataclass can judge: types of the top-level keys, and keys against each other and files."""
+    for key in ("compile", "keep_freed_memory"):
+        if not isinstance(getattr(run, key), bool):
+            raise ConfigError(f"{key} must be true or false, got {getattr(run, key)!r}")
+    if not isinstance(run.max_steps, int) or run.max_steps <= 0:
+        raise ConfigError(f"trainer.max_steps must be a positive integer (the run's horizon), got {run.max_steps!r}")
+    if run.data.block_size > run.model.block_size:
+        raise ConfigError(f"data.block_size ({run.data.block_size}) exceeds model.block_size ({run.model.block_size})")
+    block = run.data.block_size
+    if bad := [n for n, _ in run.optim.seq_len_warmup or [] if n < block and block % n]:
+        raise ConfigError(
+            f"optim.seq_len_warmup: window lengths {bad} must divide data.block_size ({block}) "
+            "(or set optim.seq_len_warmup=null)"
+        )
+    if run.optim.warmup_steps >= run.max_steps:
+        raise ConfigError(
+            f"optim.warmup_steps ({run.optim.warmup_steps}) must be shorter than trainer.max_steps ({run.max_steps})"
+        )
+    if getattr(run.data, "path", None):
+        check_data_file(run.data)
+    if run.ckpt_path and not Path(run.ckpt_path).exists():
+        raise ConfigError(f"ckpt_path: checkpoint not found: {run.ckpt_path}")
+    if run.data.batch_size % run.processes:
+        raise ConfigError(
+            f"data.batch_size ({run.data.batch_size}) is the global batch: it must divide evenly over "
+            f"trainer.devices x trainer.num_nodes ({run.processes} processes)"
+        )
+
+
+def check_data_file(data: TextFileConfig) -> None:
+    """A file too small for one validation window, found from its size alone (a token is at least one byte)."""
+    path = Path(data.path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"data.path: file not found: {data.path}")
+    size = path.stat().st_size  # an empty file is left to the reader, which says so
+    if 0 < size and size * data.val_fraction < data.block_size + 1:
+        raise ConfigError(
+            f"data.path: {path} has {size} bytes, so its {data.val_fraction:g} validation split has "
+            f"fewer than data.block_size + 1 = {data.block_size + 1} tokens"
+        )
+
+
+PRECISIONS = {
+    "auto",
+    "32-true",
+    "32",
+    "bf16-mixed",
+    "bf16-true",
+    "16-mixed",
+    "16-true",
+    "64-true",
+    "transformer-engine",
+}
+
+
+def check_trainer(trainer: DictConfig) -> int:
+    """The Trainer arguments that can be judged before anything runs; returns the number of processes."""
+    nodes = trainer.get("num_nodes", 1)
+    if not isinstance(nodes, int) or isinstance(nodes, bool) or nodes <= 0:
+        raise ConfigError(f"trainer.num_nodes must be a positive integer, got {nodes!r}")
+    accelerator = trainer.get("accelerator", "auto")
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator: {accelerator!r} asked for, but this machine has no GPU")
+    devices = trainer.get("devices", 1)
+    available = torch.cuda.device_count() if gpu else len(os.sched_getaffinity(0))
+    if devices in ("auto", -1):
+        devices = available
+    if not isinstance(devices, int) or isinstance(devices, bool) or devices <= 0:
+        raise ConfigError(f"trainer.devices must be a positive integer, 'auto' or -1, got {devices!r}")
+    if devices > available:
+        what = "GPUs" if gpu else "CPU cores (one process per core at most)"
+        raise ConfigError(f"trainer.devices ({devices}) is more than this machine's {available} {what}")
+    precision = str(trainer.get("precision", "32-true"))
+    if precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if precision.startswith("16") and not gpu:
+        raise ConfigError(f"trainer.precision: {precision} needs a GPU; on the CPU use bf16-mixed or 32-true")
+    for key in ("accumulate_grad_batches", "log_every_n_steps"):
+        value = trainer.get(key, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"trainer.{key} must be a positive integer, got {value!r}")
+    clip = trainer.get("gradient_clip_val")
+    if clip is not None and (not isinstance(clip, (int, float)) or clip < 0):
+        raise ConfigError(f"trainer.gradient_clip_val must be >= 0 or null, got {clip!r}")
+    return devices * nodes
