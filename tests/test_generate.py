@@ -8,7 +8,6 @@ from gptlab.data.bpe import GPT2Tokenizer
 from gptlab.data.tokenizers import CharTokenizer
 from gptlab.errors import ConfigError
 from gptlab.model.gpt import GPT, GPTConfig
-from gptlab.model.kv_cache import KVCache
 from gptlab.model.sampling import SamplingParams
 from gptlab.model.text_stream import GenerateConfig, StopMatcher, TextStream
 
@@ -66,7 +65,7 @@ def test_chunked_prefill_gives_the_full_forward_logits(sharp_model):
     """Tokens fed in pieces at explicit positions see the same context as one pass over all of them."""
     idx = torch.randint(0, 50, (2, 13), generator=torch.Generator().manual_seed(0))
     full, _ = sharp_model(idx)
-    kv = KVCache(sharp_model.config, 2, idx.device, torch.float32)
+    kv = sharp_model.kv_cache(2, idx.device)
     with torch.no_grad():
         parts = [
             sharp_model.softcap(sharp_model.lm_head(sharp_model.hidden(idx[:, a:b], kv)))

@@ -284,6 +284,11 @@ class GPT(nn.Module):
         parts["total"] = sum(p.numel() for p in self.parameters())
         return parts
 
+    def kv_cache(self, batch_size: int, device: torch.device) -> KVCache:
+        c = self.config
+        shape = (c.n_layer, batch_size, c.n_head, c.block_size, c.head_dim)
+        return KVCache(shape, device, self.lm_head.weight.dtype)
+
     @torch.no_grad()
     def generate(
         self,
@@ -303,7 +308,7 @@ class GPT(nn.Module):
         cached keys and values no longer hold; the cache is then rebuilt from the cropped context at every step,
         which is exactly the classic crop, at the classic cost (one block_size forward pass per token).
         """
-        kv = KVCache(self.config, idx.size(0), idx.device, self.lm_head.weight.dtype) if kv_cache else None
+        kv = self.kv_cache(idx.size(0), idx.device) if kv_cache else None
         for _ in range(max_new_tokens):
             if kv is None:
                 logits = self.next_token_logits(idx[:, -self.config.block_size :])

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
-
-if TYPE_CHECKING:
-    from gptlab.model.gpt import GPTConfig
 
 
 class KVCache:
@@ -17,12 +12,12 @@ class KVCache:
     most block_size tokens, which is all a model with learned absolute positions can see.
     """
 
-    def __init__(self, config: GPTConfig, batch_size: int, device: torch.device, dtype: torch.dtype):
-        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.head_dim)
+    def __init__(self, shape: tuple[int, int, int, int, int], device: torch.device, dtype: torch.dtype):
+        """shape: (layers, batch, heads, block_size, head size)."""
         self.k = torch.empty(shape, device=device, dtype=dtype)
         self.v = torch.empty(shape, device=device, dtype=dtype)
         self.pos = 0
-        self.block_size = config.block_size
+        self.block_size = shape[3]
 
     @property
     def full(self) -> bool:
