@@ -1,10 +1,12 @@
 """The LightningModule: next-token cross-entropy, the optimizer, and what gets logged.
 
-Metrics go through Lightning's `self.log`, so callbacks (ModelCheckpoint, EarlyStopping) can monitor them and every
-logger gets them. They are logged on logging steps only (every trainer.log_every_n_steps optimizer steps), all in
-one `log_dict` call after the optimizer step: `train/loss` is the mean over the global batch (every micro-batch of
-the accumulation window, every process), `train/lr`, `train/grad_norm` (before clipping) and
-`train/skipped_steps`; the perf/ scalars come from gptlab.train.callbacks.PerfLogger the same way.
+What is logged, on logging steps only (every trainer.log_every_n_steps optimizer steps), after the optimizer step:
+`train/loss`, the mean over the global batch (every micro-batch of the accumulation window, on every process), goes
+through Lightning's `self.log`, so callbacks (ModelCheckpoint, EarlyStopping) can monitor it, the progress bar shows
+it, and every logger gets it. `train/lr`, `train/grad_norm` (before clipping), `train/skipped_steps` and the perf/
+scalars of gptlab.train.callbacks.PerfLogger are the same on every process; they are written straight to the
+loggers (Logger.log_metrics) at the same step, since each `self.log` call has a fixed cost a small model's step
+notices (docs/performance.md, logging).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class GPTLitModule(L.LightningModule):
         self._micro_batches = 0
         self.logs_this_step = True  # whether this optimizer step's metrics are logged
         self._step_metrics: dict[str, torch.Tensor | float] = {}  # queued for this step's log
+        self.step_metrics: dict[str, float] = {}  # the last written straight to the loggers (the bar shows some)
         self.fault_guard = FaultGuard(self.optim_config.max_bad_steps)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -89,18 +92,19 @@ class GPTLitModule(L.LightningModule):
         self._step_metrics.update(metrics)
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        step = self.trainer.global_step  # the step's own number, where Lightning logs it: the step below advances it
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         if self._step_metrics:
-            self._log_step_metrics()
+            self._log_step_metrics(step)
 
-    def _log_step_metrics(self) -> None:
-        # one call for all: each self.log call has a fixed cost, and only logging steps pay it
+    def _log_step_metrics(self, step: int) -> None:
         metrics, self._step_metrics = self._step_metrics, {}
-        # the mean over every process's share of the global batch (the others are the same on every process)
+        # the mean over every process's share of the global batch
         self.log("train/loss", metrics.pop("train/loss"), prog_bar=True, sync_dist=True, batch_size=1)
-        if (rate := metrics.pop("perf/tokens_per_sec", None)) is not None:
-            self.log("perf/tokens_per_sec", rate, prog_bar=True, batch_size=1)
-        self.log_dict(metrics, batch_size=1)
+        self.step_metrics = {name: float(value) for name, value in metrics.items()}
+        for logger in self.loggers:
+            logger.log_metrics(self.step_metrics, step)
+            logger.save()  # as Lightning does after every write: a crash loses no logged step
 
     def on_fit_start(self) -> None:
         self.fault_guard.on_device = self.trainer.precision != "16-mixed"  # fp16's GradScaler sets found_inf itself

@@ -31,6 +31,6 @@ class StepProgressBar(TQDMProgressBar):
         pass
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, str]:
-        metrics = trainer.progress_bar_metrics
+        metrics = {**trainer.progress_bar_metrics, **pl_module.step_metrics}
         shown = {short: metrics[tag] for tag, short in self.SHOWN.items() if tag in metrics}
         return {k: f"{v:,.0f}" if k == "tok/s" else f"{v:.3f}" for k, v in shown.items()}
