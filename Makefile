@@ -61,7 +61,7 @@ evaluate:  ## loss, perplexity, bits/char on the validation split (CKPT=run fold
 export:  ## a run's weights as a Hugging Face GPT-2 folder (CKPT=..., OUT=folder, default $(CKPT)/hf)
 	$(PY) src/export.py ckpt_path=$(CKPT) out_dir=$(OUT) $(ARGS)
 
-test:  ## the fast test suite, two pytest workers (about 5.5 min on 2 cores)
+test:  ## the fast test suite, two pytest workers (about 4 min on 2 cores)
 	$(PY) -m pytest -q -n 2 -m "not slow"
 
 test-slow:  ## the slow end-to-end tests
