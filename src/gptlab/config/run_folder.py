@@ -1,17 +1,16 @@
 """One guard for "this folder already holds a run": only a run resuming from its own checkpoint may write there.
 
-It runs as a Hydra callback when a single run starts, before Hydra writes anything into the run folder (its
-.hydra/ files included), so a refused run leaves the other run's folder exactly as it was.
+gptlab.train.preflight calls both when a single run starts, before Hydra writes anything into the run folder (its
+.hydra/ files included), so a refused run leaves the other run's folder exactly as it was. `claim` takes a lock on
+the folder for the life of the process, so two runs started into one folder at the same moment cannot both pass.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
 
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
-
-from gptlab.compat import is_launched_rank
 from gptlab.errors import ConfigError
 
 
@@ -29,13 +28,17 @@ def refuse_occupied(folder: Path, ckpt_path: str | None) -> None:
         )
 
 
-class RunFolderGuard(Callback):
-    def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        if is_launched_rank():  # a DDP rank Lightning started into the run its rank 0 just made
-            return
-        try:
-            refuse_occupied(Path(config.hydra.run.dir).expanduser(), config.get("ckpt_path"))
-        except ConfigError as e:
-            # Hydra turns a callback's exceptions into warnings and goes on; SystemExit it lets through, and Python
-            # prints its message on stderr and exits with status 1
-            raise SystemExit(f"error: {e}") from None
+LOCK = ".lock"  # held (flock) by the process whose run writes this folder
+_claimed: list[int] = []  # the open lock files: the locks last as long as the process
+
+
+def claim(folder: Path) -> None:
+    """Lock the run folder for this process, or refuse it when another live process holds it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"hydra.run.dir: {folder} is in use by another running process") from None
+    _claimed.append(fd)

@@ -1,0 +1,43 @@
+"""The training config is checked before Hydra writes anything into the run folder.
+
+Hydra creates the run folder, opens its log file and writes `.hydra/` (the config and the overrides) before it
+calls the training function. A run refused there would already have left a folder behind, and a refused
+`resume=<run>` would have replaced that run's saved overrides with the refused ones, breaking every later resume.
+This Hydra callback runs when a single run starts, before any of that: it refuses a folder that holds another run,
+validates the config as `train` will (gptlab.train.run_config), checks a resumed checkpoint's architecture against
+it (the tokenizer is checked once the data is read), and claims the run folder for this process
+(gptlab.config.run_folder), so two runs started into one folder at once cannot both write there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from gptlab.checkpoints.compatibility import check_fits
+from gptlab.compat import is_launched_rank
+from gptlab.config.errors import user_error_line
+from gptlab.config.run_folder import claim, refuse_occupied
+from gptlab.train.run import resume_from
+from gptlab.train.run_config import validate
+
+
+class Preflight(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        if is_launched_rank():  # a DDP rank Lightning started into the run its rank 0 already checked and claimed
+            return
+        folder = Path(config.hydra.run.dir).expanduser()
+        try:
+            refuse_occupied(folder, config.get("ckpt_path"))
+            run = validate(config)
+            if run.ckpt_path:
+                check_fits(resume_from(run.ckpt_path)[1], "ckpt_path", run.model)
+            claim(folder)
+        except Exception as e:
+            if (line := user_error_line(e)) is None:
+                raise
+            # Hydra turns a callback's exceptions into warnings and goes on; SystemExit it lets through, and Python
+            # prints its message on stderr and exits with status 1
+            raise SystemExit(f"error: {line}") from None
