@@ -23,7 +23,7 @@ ALLOWED = {
     "evaluation": {"errors", "config", "model", "data", "checkpoints"},
     "serve": {"errors", "config", "model", "checkpoints"},
     "sweeps": {"errors", "compat"},
-    "schemas": {"errors", "model", "data", "train"},
+    "schemas": {"errors", "config", "model", "data", "train"},
     "cli": {"errors", "config", "schemas"},
 }
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from gptlab.config.run_folder import short_name
 from gptlab.data.config import StreamConfig, TextFileConfig
 from gptlab.errors import ConfigError
 from gptlab.model.gpt import GPTConfig
@@ -32,6 +33,8 @@ def register() -> None:
         store.store(group=group, name=name, node=node)
     if not OmegaConf.has_resolver("required"):
         OmegaConf.register_new_resolver("required", required)
+    if not OmegaConf.has_resolver("short_name"):  # conf/hydra/default.yaml: sweep job folders
+        OmegaConf.register_new_resolver("short_name", short_name)
 
 
 def required(key: str, why: str = "") -> None:
@@ -40,3 +43,6 @@ def required(key: str, why: str = "") -> None:
     `???` cannot say it in a preset: merged over a default, OmegaConf keeps the default.
     """
     raise ConfigError(f"{key}: required{f' by {why}' if why else ''}: set {key}=... on the command line")
+
+
+register()  # at import too: a launcher that runs jobs in new processes (submitit) imports this with the task

@@ -8,6 +8,7 @@ the folder for the life of the process, so two runs started into one folder at t
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 from pathlib import Path
 
@@ -42,3 +43,16 @@ def claim(folder: Path) -> None:
         os.close(fd)
         raise ConfigError(f"hydra.run.dir: {folder} is in use by another running process") from None
     _claimed.append(fd)
+
+
+NAME_LIMIT = 120  # characters of a sweep job's folder name: far below a file system's 255 bytes
+
+
+def short_name(name: str, limit: int = NAME_LIMIT) -> str:
+    """A sweep job's folder name, `<n>_<overrides>`, kept readable and under `limit`: a long one keeps its start
+    and ends in a hash of the whole (the full overrides are in the folder's .hydra/overrides.yaml)."""
+    if len(name.encode()) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    head = name.encode()[: limit - len(digest) - 1].decode(errors="ignore")
+    return f"{head}-{digest}"

@@ -3,8 +3,9 @@
 Lightning's DDP launcher starts ranks 1..n-1 by re-running the script with the parent's command line plus
 `hydra.run.dir=<hydra.run.dir>`. In a multirun that command line is the whole sweep (`-m a=1,2`) and
 `hydra.run.dir` is not the job's folder, so each child would start a sweep of its own in a second tree. Before a
-job trains, its command line becomes the job's own overrides and its run dir the job's folder
-(`compat.ddp_children_rerun_job`); after it, the process group is destroyed so the next job starts fresh children.
+job trains, its command line becomes the job's own overrides (in RUN mode, even where the config says MULTIRUN, as
+hparams_search does) and its run dir the job's folder (`compat.ddp_children_rerun_job`); after it, the process
+group is destroyed so the next job starts fresh children.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ def sweep_job() -> Iterator[None]:
         yield
         return
     hydra_cfg = HydraConfig.get()
-    with ddp_children_rerun_job(list(hydra_cfg.overrides.task), hydra_cfg.runtime.output_dir):
+    # hydra.mode=RUN: a search config (hparams_search=...) sets MULTIRUN itself, which would start a search per rank
+    job = [*hydra_cfg.overrides.task, "hydra.mode=RUN"]
+    with ddp_children_rerun_job(job, hydra_cfg.runtime.output_dir):
         try:
             yield
         finally:
