@@ -23,7 +23,7 @@ from gptlab.model.sampling import SampleConfig, SamplingParams, check_seed
 class GenerateConfig(SamplingParams):
     """conf/generate.yaml: the sampling parameters, plus where the model and the prompt come from."""
 
-    ckpt_path: str = "???"  # a .ckpt file or a run folder (its best checkpoint)
+    ckpt_path: str = "???"  # a .ckpt file, a run folder (its best checkpoint) or a Hugging Face GPT-2 folder
     prompt: str = "\n"
     prompt_file: str | None = None  # read the prompt from this UTF-8 file instead
     num_samples: int = 1  # sample i is drawn with seed + i

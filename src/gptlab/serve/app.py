@@ -35,7 +35,7 @@ from gptlab.serve.request_body import RequestBodyGuard
 class ServeConfig:
     """conf/serve.yaml."""
 
-    ckpt_path: str = "???"  # a .ckpt file or a run folder (its best checkpoint)
+    ckpt_path: str = "???"  # a .ckpt file, a run folder (its best checkpoint) or a Hugging Face GPT-2 folder
     host: str = "127.0.0.1"
     port: int = 8000
     max_tokens: int = 512  # the most tokens one request may ask for
