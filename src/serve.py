@@ -1,4 +1,5 @@
-"""Serve a trained GPT over HTTP: `python src/serve.py ckpt_path=<file or run folder>` (see conf/serve.yaml).
+"""Serve a trained GPT over HTTP: `python src/serve.py ckpt_path=<.ckpt, run folder or Hugging Face folder>`
+(see conf/serve.yaml).
 
 OpenAI-style `POST /v1/completions` (streamed as server-sent events with "stream": true) and `GET /health`.
 """

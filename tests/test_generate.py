@@ -1,14 +1,20 @@
 """Generation: the KV cache gives exactly the tokens of recomputing the context, and text streams out clean."""
 
+import itertools
+import math
+
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from conftest import ROOT
 from gptlab.checkpoints.pretrained import load_trained
+from gptlab.config.typed import typed
 from gptlab.data.bpe import GPT2Tokenizer
 from gptlab.data.tokenizers import CharTokenizer
-from gptlab.errors import ConfigError
+from gptlab.errors import ConfigError, GptlabError
 from gptlab.model.gpt import GPT, GPTConfig
-from gptlab.model.sampling import SamplingParams
+from gptlab.model.sampling import SamplingParams, sample_next
 from gptlab.model.text_stream import GenerateConfig, StopMatcher, TextStream
 
 
@@ -136,9 +142,65 @@ def test_sampling_params_refuse_bad_values():
         ({"stop": ["a", 1]}, "stop must be a string or a list of strings"),
         ({"stop": [""]}, "empty stop string"),
         ({"max_new_tokens": -1}, "max_new_tokens must be >= 0"),
+        ({"temperature": math.nan}, "temperature must be a finite number, got nan"),
+        ({"temperature": math.inf}, "temperature must be a finite number, got inf"),
+        (
+            {"seed": 2**64},
+            r"seed must be an integer in \[-2\*\*63, 2\*\*64 - 1\] \(torch's seeds\), got 18446744073709551616",
+        ),
+        ({"seed": -(2**63) - 1}, r"seed must be an integer in \[-2\*\*63, 2\*\*64 - 1\]"),
     ]:
         with pytest.raises(ConfigError, match=message):
             SamplingParams(**kwargs)
     assert SamplingParams(stop="END").stop == ["END"]
     with pytest.raises(ConfigError, match="num_samples"):
         GenerateConfig(ckpt_path="x", num_samples=0)
+    assert SamplingParams(seed=2**64 - 1).seed == 2**64 - 1 and SamplingParams(seed=-(2**63)).seed == -(2**63)
+    with pytest.raises(
+        ConfigError, match=r"seed \+ num_samples - 1 must be an integer in .*, got 18446744073709551616"
+    ):
+        GenerateConfig(ckpt_path="x", seed=2**64 - 2, num_samples=3)
+
+
+def test_a_tiny_temperature_or_top_p_is_greedy_not_nan():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 3.0 - 1e-3], [-5.0, 0.0, 40.0, 39.0]])
+    for temperature in (0, 1e-6, 1e-40, 1e-320):
+        assert sample_next(logits, temperature).tolist() == [[1], [2]]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):  # only the top token is left, whatever the draw
+        assert sample_next(logits, 1.0, top_p=1e-320, generator=generator).tolist() == [[1], [2]]
+
+
+# Every sampling key of src/generate.py, given what a user might mistype on the command line, through
+# conf/generate.yaml and GenerateConfig exactly as generate.py reads them: refused with a ConfigError naming the
+# key, or legal, and then a few tokens of each sample are drawn without error.
+SAMPLING_KEYS = ["max_new_tokens", "temperature", "top_k", "top_p", "seed", "num_samples"]
+MISTYPED = [0, -1, math.nan, math.inf, -math.inf, 1e308, 10**30, 1e-40, 1e-320, "x", [1], ""]
+KEY_CASES = [(key, value) for key in SAMPLING_KEYS for value in MISTYPED]
+
+
+@pytest.fixture(scope="module")
+def char_model() -> tuple[GPT, CharTokenizer]:
+    torch.manual_seed(0)
+    tokenizer = CharTokenizer("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWX")
+    return GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=50)).eval(), tokenizer
+
+
+@pytest.mark.parametrize("key, value", KEY_CASES, ids=[f"{k}={v!r}" for k, v in KEY_CASES])
+def test_every_sampling_key_refuses_a_mistyped_value_by_name_or_samples(char_model, key, value):
+    cfg = OmegaConf.load(ROOT / "conf/generate.yaml")
+    for hydra_only in ("defaults", "hydra"):
+        cfg.pop(hydra_only)
+    cfg.ckpt_path, cfg[key] = "unused.ckpt", value
+    try:
+        config = typed(cfg, None, GenerateConfig)
+    except GptlabError as e:
+        message = str(e)
+        assert key in message.split(":")[0].split(" must ")[0], message  # "key: ..." or "key must ..."
+        assert "\n" not in message
+        return
+    model, tokenizer = char_model
+    for sample in range(min(config.num_samples, 3)):
+        stream = TextStream(model, tokenizer, tokenizer.encode("abc"), config.params(sample))
+        pieces = list(itertools.islice(stream, 3))
+        assert all(isinstance(p, str) for p in pieces) and len(pieces) == min(config.max_new_tokens, 3)

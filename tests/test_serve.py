@@ -1,17 +1,23 @@
-"""The completions server as a client sees it: a real `src/serve.py` process on a free loopback port, over HTTP."""
+"""The completions server as a client sees it: a real `src/serve.py` process on a free loopback port, over HTTP;
+and, in-process through FastAPI's TestClient, every field of the request sent every value a user might mistype."""
 
 import json
+import math
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
+import typing
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
 from conftest import ROOT, run_cli
+from gptlab.serve import app as serve_app
+from gptlab.serve.app import CompletionRequest, ServeConfig, create_app
 
 LIMITS = ["max_tokens=20000", "max_prompt_tokens=64", "max_concurrent=2", "default_max_tokens=8"]
 
@@ -144,10 +150,60 @@ def test_bad_fields_get_422_with_a_message(server, body, message):
 
 
 def test_malformed_json_gets_422(server):
-    for content in (b'{"prompt": "ROMEO:", ', b"\xff\xfe", b"[1, 2]", b""):
+    for content in (
+        b'{"prompt": "ROMEO:", ',
+        b"\xff\xfe",
+        b"[1, 2]",
+        b"",
+        b'{"prompt": "\xff"}',
+        b'{"prompt": "ab\xc3"}',
+    ):
         r = httpx.post(f"{server}/v1/completions", content=content, headers={"content-type": "application/json"})
         assert r.status_code == 422, content
         assert r.json()["detail"][0]["msg"], content
+        assert "\n" not in r.text, content
+    r = httpx.post(f"{server}/v1/completions", content=b'{"prompt": "\xff"}')
+    assert r.json() == {
+        "detail": [
+            {"type": "json_invalid", "loc": ["body", 12], "msg": "body is not UTF-8: invalid start byte at byte 12"}
+        ]
+    }
+
+
+def raw_post(url: str, headers: str, *chunks: bytes) -> tuple[int, dict]:
+    """POST /v1/completions over a bare socket: `headers` and `chunks` sent as they are, never more (a server
+    that waited for the rest of the body would time out here); the status and the JSON body of the answer."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n".encode())
+        for chunk in chunks:
+            s.sendall(chunk)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < length(answer):
+            answer += s.recv(65536) or pytest.fail(f"the connection closed: {answer!r}")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def length(answer: bytes) -> int:
+    head = answer.partition(b"\r\n\r\n")[0].decode().lower()
+    return int(head.split("content-length:")[1].split()[0]) if "content-length:" in head else 0
+
+
+def test_an_oversized_body_gets_413_before_it_is_read(server):
+    start = time.monotonic()
+    status, body = raw_post(server, "Content-Type: application/json\r\nContent-Length: 96000000\r\n")
+    assert status == 413 and time.monotonic() - start < 2  # from the header: not one byte of the body was sent
+    assert body == {"detail": "body: 96000000 bytes exceed this server's limit of 1048576 (max_body_bytes)"}
+    assert httpx.get(f"{server}/health", timeout=2).status_code == 200
+    # chunked: no length announced; refused once the bytes received pass the limit, the final chunk never sent
+    chunk = b'{"prompt": "' + b"a" * 65536
+    chunks = [b"%x\r\n%s\r\n" % (len(chunk), chunk)] * 17  # 17 x 64 KiB > 1 MiB
+    status, body = raw_post(server, "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n", *chunks)
+    assert status == 413
+    assert body == {"detail": "body: more than this server's limit of 1048576 bytes (max_body_bytes)"}
+    assert httpx.get(f"{server}/health", timeout=2).json()["active_generations"] == 0
+    assert complete(server, prompt="ROMEO:", max_tokens=3).status_code == 200
 
 
 class LongStream:
@@ -211,3 +267,103 @@ def test_serve_refuses_bad_config_in_one_line(tmp_path):
     assert result.stderr.strip() == f"error: ckpt_path: checkpoint not found: {tmp_path / 'none.ckpt'}"
     result = run_cli("serve.py", f"ckpt_path={tmp_path}", "max_concurrent=0")
     assert result.returncode == 1 and result.stderr.strip() == "error: max_concurrent must be a positive integer, got 0"
+    result = run_cli("serve.py", f"ckpt_path={tmp_path}", "max_body_bytes=-1")
+    assert (
+        result.returncode == 1 and result.stderr.strip() == "error: max_body_bytes must be a positive integer, got -1"
+    )
+
+
+# In-process: the app itself, through FastAPI's TestClient (no port, no subprocess), with a 500 kept as a response.
+
+
+@pytest.fixture(scope="module")
+def client(trained_run):
+    app = create_app(ServeConfig(ckpt_path=str(trained_run), max_tokens=64, max_prompt_tokens=64, max_concurrent=1))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def post(client: TestClient, body: dict):
+    """The body as JSON text exactly as written, NaN and Infinity included (Python's json writes them)."""
+    return client.post("/v1/completions", content=json.dumps(body), headers={"content-type": "application/json"})
+
+
+def scalar_types(annotation) -> set:
+    """The int, float, bool and str that a field's annotation admits, through unions, lists and Annotated."""
+    if annotation in (int, float, bool, str):
+        return {annotation}
+    return set().union(*(scalar_types(a) for a in typing.get_args(annotation)))
+
+
+# what a user might mistype, in every field that takes a number, a boolean or a string
+MISTYPED = [0, -1, math.nan, math.inf, -math.inf, 1e308, 10**30, 1e-40, 1e-320, "x", [1], ""]
+FIELD_CASES = [
+    (name, value)
+    for name, info in CompletionRequest.model_fields.items()
+    if scalar_types(info.annotation)
+    for value in MISTYPED
+]
+
+
+def test_the_mistyped_values_cover_every_field_of_the_request():
+    assert {name for name, _ in FIELD_CASES} == set(CompletionRequest.model_fields)
+    assert len(FIELD_CASES) == 12 * len(CompletionRequest.model_fields) == 120
+
+
+@pytest.mark.parametrize("field, value", FIELD_CASES, ids=[f"{f}={v!r}" for f, v in FIELD_CASES])
+def test_every_field_refuses_a_mistyped_value_by_name_or_honours_it(client, field, value):
+    r = post(client, {"prompt": "ROMEO:", "max_tokens": 2, field: value})
+    assert r.status_code == 200 or 400 <= r.status_code < 500, r.text
+    if r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"):
+        assert r.text.endswith("data: [DONE]\n\n")
+    elif r.status_code == 200:
+        [choice] = r.json()["choices"]
+        assert isinstance(choice["text"], str) and r.json()["usage"]["completion_tokens"] <= 2
+    else:
+        detail = r.json()["detail"]
+        if isinstance(detail, str):  # our own checks: "<field>: ..." or "<field> must ..."
+            assert detail.split(":")[0].split(" ")[0] == field, detail
+        else:  # pydantic's: the field is in each error's location
+            assert all(field in d["loc"] for d in detail), detail
+        assert "\n" not in r.text
+    health = client.get("/health")
+    assert health.status_code == 200 and health.json()["active_generations"] == 0
+
+
+def test_a_tiny_temperature_is_greedy_streamed_or_not(client):
+    greedy = post(client, {"prompt": "ROMEO:", "max_tokens": 20, "temperature": 0}).json()["choices"][0]["text"]
+    for temperature in (1e-6, 1e-40, 1e-320):
+        r = post(client, {"prompt": "ROMEO:", "max_tokens": 20, "temperature": temperature, "stream": True})
+        chunks = [json.loads(d) for d in r.text.split("data: ")[1:-1]]
+        assert r.text.endswith("data: [DONE]\n\n") and chunks[-1]["choices"][0]["finish_reason"] == "length"
+        assert "".join(c["choices"][0]["text"] for c in chunks) == greedy
+
+
+def test_a_busy_server_refuses_before_tokenizing_the_prompt(client, monkeypatch):
+    prompts = []
+    encode = serve_app.encode_prompt
+    monkeypatch.setattr(
+        serve_app, "encode_prompt", lambda tokenizer, prompt: prompts.append(prompt) or encode(tokenizer, prompt)
+    )
+    lease = client.app.state.slots.take()  # the only slot (max_concurrent=1)
+    try:
+        r = post(client, {"prompt": "ROMEO:" * 10, "max_tokens": 2})
+        assert r.status_code == 429 and r.json()["detail"].startswith("busy: all 1 generation slots are taken")
+        assert prompts == []
+    finally:
+        lease.release()
+    assert post(client, {"prompt": "ROMEO:", "max_tokens": 2}).status_code == 200 and prompts == ["ROMEO:"]
+    # a request refused after taking the slot gives it back
+    assert post(client, {"prompt": "ROMEO: ©"}).status_code == 422
+    assert client.get("/health").json()["active_generations"] == 0
+
+
+def test_the_body_limit_is_configurable(trained_run):
+    app = create_app(ServeConfig(ckpt_path=str(trained_run), max_body_bytes=100))
+    at_limit, past_it = {"prompt": "x" * 69, "max_tokens": 1}, {"prompt": "x" * 70, "max_tokens": 1}
+    assert len(json.dumps(at_limit)) == 100 and len(json.dumps(past_it)) == 101
+    with TestClient(app) as c:
+        assert post(c, at_limit).status_code == 200
+        r = post(c, past_it)
+        assert r.status_code == 413
+        assert r.json() == {"detail": "body: 101 bytes exceed this server's limit of 100 (max_body_bytes)"}

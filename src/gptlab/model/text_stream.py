@@ -16,14 +16,14 @@ import torch
 
 from gptlab.errors import ConfigError, GptlabError
 from gptlab.model.gpt import GPT
-from gptlab.model.sampling import SampleConfig, SamplingParams
+from gptlab.model.sampling import SampleConfig, SamplingParams, check_seed
 
 
 @dataclass
 class GenerateConfig(SamplingParams):
     """conf/generate.yaml: the sampling parameters, plus where the model and the prompt come from."""
 
-    ckpt_path: str = "???"  # a .ckpt file or a run folder (its best checkpoint)
+    ckpt_path: str = "???"  # a .ckpt file, a run folder (its best checkpoint) or a Hugging Face GPT-2 folder
     prompt: str = "\n"
     prompt_file: str | None = None  # read the prompt from this UTF-8 file instead
     num_samples: int = 1  # sample i is drawn with seed + i
@@ -36,6 +36,8 @@ class GenerateConfig(SamplingParams):
             raise ConfigError("ckpt_path: empty: give a .ckpt file or a run folder")
         if self.num_samples <= 0:
             raise ConfigError(f"num_samples must be a positive integer, got {self.num_samples}")
+        if self.seed is not None:  # sample i is drawn with seed + i: the last seed must be one torch takes too
+            check_seed(self.seed + self.num_samples - 1, "seed + num_samples - 1")
         if self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ConfigError(f"device must be cpu, cuda, cuda:N or mps, got {self.device!r}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():

@@ -2,12 +2,14 @@
 
 Generation runs one token at a time in a worker thread, so the event loop stays free to answer health checks,
 refuse requests past the concurrency limit at once (429), and notice a client that has gone: a stream whose
-client disconnects is cancelled between two tokens.
+client disconnects is cancelled between two tokens. A request is refused as cheaply as possible: an oversized
+body before it is read (413, request_body.py), a busy server before its prompt is tokenized (429).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -17,25 +19,29 @@ from typing import Annotated
 import anyio
 import torch
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import StreamingResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from gptlab.checkpoints.pretrained import load_pretrained
 from gptlab.errors import ConfigError, GptlabError
-from gptlab.model.sampling import SamplingParams
+from gptlab.model.sampling import SEED_MAX, SEED_MIN, SamplingParams
 from gptlab.model.text_stream import TextStream, encode_prompt
+from gptlab.serve.request_body import RequestBodyGuard
 
 
 @dataclass
 class ServeConfig:
     """conf/serve.yaml."""
 
-    ckpt_path: str = "???"  # a .ckpt file or a run folder (its best checkpoint)
+    ckpt_path: str = "???"  # a .ckpt file, a run folder (its best checkpoint) or a Hugging Face GPT-2 folder
     host: str = "127.0.0.1"
     port: int = 8000
     max_tokens: int = 512  # the most tokens one request may ask for
     default_max_tokens: int = 16  # when a request does not say (OpenAI's default)
     max_prompt_tokens: int = 4096
+    max_body_bytes: int = 1_048_576  # larger request bodies get 413 before they are read
     max_concurrent: int = 2  # generations at once; one more gets 429 straight away
     kv_cache: bool = True
     device: str = "cpu"
@@ -46,7 +52,7 @@ class ServeConfig:
             raise ConfigError("ckpt_path: empty: give a .ckpt file or a run folder")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be in [0, 65535], got {self.port}")
-        for key in ("max_tokens", "max_prompt_tokens", "max_concurrent"):
+        for key in ("max_tokens", "max_prompt_tokens", "max_body_bytes", "max_concurrent"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be a positive integer, got {getattr(self, key)}")
         if not 0 <= self.default_max_tokens <= self.max_tokens:
@@ -66,7 +72,7 @@ class CompletionRequest(BaseModel):
     top_p: float = Field(default=1.0, gt=0, le=1)
     top_k: int | None = Field(default=None, ge=1)
     stop: str | Annotated[list[str], Field(max_length=16)] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)  # what torch.Generator.manual_seed takes
     stream: bool = False
     model: str | None = None  # accepted for compatibility: this server has one model
     n: int = Field(default=1, ge=1, le=1)
@@ -105,7 +111,9 @@ def create_app(config: ServeConfig) -> FastAPI:
     slots = Slots(config.max_concurrent)
     stats = {"requests": 0, "tokens_generated": 0}
     app = FastAPI(title="gptlab", docs_url=None, redoc_url=None)
-    app.state.model_name = model_name
+    app.add_middleware(RequestBodyGuard, max_bytes=config.max_body_bytes)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.state.model_name, app.state.slots = model_name, slots
 
     @app.get("/health")
     async def health() -> dict:
@@ -148,10 +156,14 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
-        stream = prepare(req)
         lease = slots.take()
-        if lease is None:
+        if lease is None:  # before the prompt is tokenized: refusing costs nothing
             raise HTTPException(429, f"busy: all {slots.size} generation slots are taken, try again later")
+        try:  # in a worker thread: a long prompt's tokenization never holds up the event loop
+            stream = await anyio.to_thread.run_sync(prepare, req)
+        except BaseException:
+            lease.release()
+            raise
         stats["requests"] += 1
         head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time())}
         head["model"] = model_name
@@ -173,6 +185,24 @@ def create_app(config: ServeConfig) -> FastAPI:
         return LeasedStream(events(), lease)
 
     return app
+
+
+async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, less the `input` it echoes: that can be as large as the body, and a NaN or Infinity sent
+    in it cannot be written back as JSON (the response itself then failed with a 500)."""
+    errors = [{k: v for k, v in error.items() if k != "input"} for error in exc.errors()]
+    return JSONResponse({"detail": finite(jsonable_encoder(errors))}, status_code=422)
+
+
+def finite(value: object) -> object:
+    """`value` with every NaN or infinite float (a constraint's context, say) written as a string JSON can carry."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
 
 
 class LeasedStream(StreamingResponse):
