@@ -43,3 +43,13 @@ def test_a_refused_resume_leaves_the_run_as_it_was_and_the_next_resume_works(tmp
     resumed = run_cli("train.py", f"resume={run}", "trainer.max_steps=6")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+
+
+def test_a_failed_download_refuses_the_run_before_its_folder_exists(tmp_path):
+    run = tmp_path / "new"
+    url = "http://127.0.0.1:9/input.txt"  # nothing listens on the discard port: refused at once, offline or not
+    argv = [*QUICK, "data.path=null", f"data.url={url}", f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={run}"]
+    result = run_cli("train.py", *argv)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: data.url: cannot download {url}")
+    assert not run.exists()
