@@ -242,3 +242,16 @@ def test_a_target_in_a_checkpoint_is_never_instantiated(trained):
     ckpt["hyper_parameters"]["model"]["_target_"] = "os.system"
     with pytest.raises(GptlabError, match=r"is not a gptlab checkpoint .*_target_"):
         from_checkpoint(ckpt, trained)
+
+
+def test_only_a_run_resuming_in_its_own_folder_removes_its_stray_temporary_files(tmp_path, small_corpus, trained):
+    other = trained.parent.parent
+    stray = trained.parent / ".last.ckpt.tmp-999999"  # the save another process may be making there right now
+    stray.write_bytes(b"half")
+    _, new = fit(tmp_path, small_corpus, "trainer.max_steps=6", f"ckpt_path={other}", name="new")
+    assert stray.read_bytes() == b"half"  # a new run started from that run's checkpoint never touches its folder
+    assert torch.load(new / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+
+    fit(tmp_path, small_corpus, "trainer.max_steps=6", f"ckpt_path={other}", name=other.name)  # resumed in place
+    assert not stray.exists()  # a save killed in this run's own folder left it: nothing else can be writing it
+    assert torch.load(trained, weights_only=True)["global_step"] == 6

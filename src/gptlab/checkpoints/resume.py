@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from gptlab.checkpoints.atomic_io import remove_stray_temps
 from gptlab.checkpoints.pretrained import read_checkpoint
 from gptlab.errors import GptlabError
 
@@ -17,13 +16,13 @@ def resume_checkpoint(path: str | Path) -> tuple[Path, dict]:
 
     File times say nothing here: `cp -r` or a restore from a backup gives them in copy order. Ties go to last.ckpt,
     which holds the full training state. A named file that cannot be read is an error; in a run folder, an
-    unreadable checkpoint (a torn disk, a copy cut short) is skipped with a warning naming it.
+    unreadable checkpoint (a torn disk, a copy cut short) is skipped with a warning naming it. Nothing in the folder
+    is changed: it may be another run's, saving right now (a run clears its own stray files: Interruptions).
     """
     path = Path(path).expanduser()
     if path.is_file():
         return path, read_checkpoint(path)
     folder = path / "checkpoints"
-    remove_stray_temps(folder)
     candidates = sorted(folder.glob("*.ckpt"))
     if not candidates:
         raise GptlabError(f"resume: no checkpoint in {folder}: nothing to resume (start a new run instead)")
