@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from gptlab.checkpoints.pretrained import find_checkpoint, load_trained, read_checkpoint
+from gptlab.checkpoints.pretrained import find_checkpoint, load_pretrained, load_trained, read_checkpoint
 from gptlab.errors import GptlabError
 
 
@@ -106,3 +106,15 @@ def test_every_loader_refuses_an_unreadable_checkpoint_in_one_line(tmp_path, sma
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.stderr.strip() == f"error: ckpt_path: cannot read checkpoint {last}: {reason}"
     assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(["run", "checkpoints", "last.ckpt", "small.txt"])
+
+
+@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
+def test_an_empty_weight_file_in_a_hugging_face_folder_is_one_line_naming_it(tmp_path, weights):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=32).save_pretrained(tmp_path)
+    (tmp_path / weights).write_bytes(b"")  # a download or a copy cut short
+    with pytest.raises(GptlabError) as e:
+        load_pretrained(tmp_path)
+    message = str(e.value)
+    assert message.startswith(f"ckpt_path: cannot read the weights in {tmp_path / weights}: ") and "\n" not in message

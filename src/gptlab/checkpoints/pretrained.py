@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from gptlab.config.errors import first_line
 from gptlab.data.tokenizers import tokenizer_from_state
 from gptlab.errors import GptlabError
 from gptlab.interop import hf
@@ -102,8 +103,7 @@ def unreadable_reason(path: Path, error: Exception) -> str:
     if found := UNSAFE_GLOBAL.search(str(error)):
         kind = found[1]
         return f"it holds a Python object ({kind}): only tensors and plain containers are read (others may run code)"
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
+    return first_line(error)
 
 
 def load_pretrained(path: str | Path, prefer: str = "best", key: str = "ckpt_path") -> Pretrained:
