@@ -2,8 +2,9 @@
 PY := $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 DATA ?= ../shared/data/tinyshakespeare/input.txt
 ARGS ?=
-# the newest run folder
-CKPT ?= $(lastword $(sort $(wildcard logs/runs/*)))
+# the newest run folder that holds a checkpoint (a run stopped before its first save, or another command's folder,
+# holds none); folder names are start times, so the last in sorted order is the newest
+CKPT ?= $(lastword $(sort $(patsubst %/checkpoints/,%,$(dir $(wildcard logs/runs/*/checkpoints/*.ckpt)))))
 OUT ?= $(CKPT)/hf
 
 .PHONY: help install train resume prepare sweep search report tb generate serve evaluate export bench-generate \

@@ -17,6 +17,25 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = (ROOT.parent / "shared/data/tinyshakespeare/input.txt").resolve()
 
 
+PROJECT_LOGS = ROOT / "logs"
+
+
+def project_log_entries() -> set[Path]:
+    """What the project's own logs/ holds, two levels down (logs/runs/<run>, logs/prepare/<time>, ...)."""
+    return set(PROJECT_LOGS.glob("*")) | set(PROJECT_LOGS.glob("*/*"))
+
+
+@pytest.fixture(autouse=True)
+def project_logs_untouched():
+    """Fails a test that writes into the project's logs/: tests write under tmp_path (paths.log_dir=...), never
+    among the user's runs, where `make generate` and the like would then take a test's folder for the newest run.
+    (Under -n, a test running beside the one that wrote may be named too; so would a run the user starts here.)"""
+    before = project_log_entries()
+    yield
+    if made := sorted(str(p.relative_to(ROOT)) for p in project_log_entries() - before):
+        pytest.fail(f"the test wrote into the project's logs/: {', '.join(made[:4])} (give it paths.log_dir=<tmp>)")
+
+
 @pytest.fixture(scope="session")
 def shakespeare() -> Path:
     if not SHAKESPEARE.is_file():

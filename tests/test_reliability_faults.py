@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import FAST, ROOT, make_config
+from gptlab.checkpoints import resume
 from gptlab.checkpoints.atomic_io import AtomicCheckpointIO, remove_stray_temps
 from gptlab.checkpoints.pretrained import from_checkpoint
 from gptlab.checkpoints.resume import resume_checkpoint
@@ -132,18 +133,68 @@ def checkpoint_folder(tmp_path, newest: bytes | None):
     return folder
 
 
+def warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one_with_a_warning(tmp_path, caplog):
     folder = checkpoint_folder(tmp_path, None)
     torch.save({"global_step": 8, "state_dict": {"w": torch.zeros(1000)}}, folder / "last.ckpt")
     # a real checkpoint, cut short as a full disk or an interrupted copy leaves it
     (folder / "last.ckpt").write_bytes((folder / "last.ckpt").read_bytes()[:1500])
-    (folder / ".last.ckpt.tmp-1234").write_bytes(b"half")
     with caplog.at_level(logging.WARNING):
         path, ckpt = resume_checkpoint(tmp_path / "run")
     assert path == folder / "best.ckpt" and ckpt["global_step"] == 4
-    warning = [r.getMessage() for r in caplog.records if "instead" in r.getMessage()]
-    assert warning == [f"newest checkpoint {folder / 'last.ckpt'} is unreadable; resuming from {path} instead"]
-    assert not (folder / ".last.ckpt.tmp-1234").exists()  # stray temporary files go at the next start
+    assert warnings(caplog) == [
+        f"skipping unreadable checkpoint: ckpt_path: cannot read checkpoint {folder / 'last.ckpt'}: "
+        "truncated: an incomplete zip archive (a save or copy cut short)",
+        f"resuming from {path} (step 4) instead of the unreadable last.ckpt",
+    ]
+
+
+def test_an_empty_newest_checkpoint_falls_back_to_the_previous_one_with_a_warning(tmp_path, caplog):
+    folder = checkpoint_folder(tmp_path, b"")  # a copy or a save cut short before its first byte
+    with caplog.at_level(logging.WARNING):
+        path, ckpt = resume_checkpoint(tmp_path / "run")
+    assert path == folder / "best.ckpt" and ckpt["global_step"] == 4
+    assert warnings(caplog) == [
+        f"skipping unreadable checkpoint: ckpt_path: cannot read checkpoint {folder / 'last.ckpt'}: "
+        "the file is empty (0 bytes): a save or a copy was cut short",
+        f"resuming from {path} (step 4) instead of the unreadable last.ckpt",
+    ]
+
+
+def test_every_checkpoint_unreadable_is_one_line_naming_them(tmp_path):
+    folder = checkpoint_folder(tmp_path, b"")
+    (folder / "best.ckpt").write_text("notes, not weights")
+    with pytest.raises(GptlabError) as e:
+        resume_checkpoint(tmp_path / "run")
+    assert str(e.value) == f"resume: no readable checkpoint in {folder} (tried best.ckpt, last.ckpt)"
+
+
+def saved(path, step: int, mtime: float) -> None:
+    torch.save({"global_step": step, "state_dict": {"w": torch.zeros(1000)}}, path)
+    os.utime(path, (mtime, mtime))
+
+
+@pytest.mark.parametrize(
+    "best_step, last_step, chosen",
+    [(10, 15, "last.ckpt"), (15, 15, "last.ckpt"), (20, 15, "best.ckpt")],
+    ids=["last-further", "tie-goes-to-last", "best-further"],
+)
+def test_resume_takes_the_highest_step_whatever_the_file_times(tmp_path, monkeypatch, best_step, last_step, chosen):
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    now = time.time()
+    saved(folder / "last.ckpt", last_step, now - 60)
+    saved(folder / "best.ckpt", best_step, now)  # `cp -r` copied it last: the newer file
+    read = []
+    real = resume.read_checkpoint
+    monkeypatch.setattr(resume, "read_checkpoint", lambda p, *a, **kw: read.append((p.name, kw)) or real(p, *a, **kw))
+    path, ckpt = resume_checkpoint(tmp_path / "run")
+    assert path == folder / chosen and ckpt["global_step"] == max(best_step, last_step)
+    # the step of each, from its small index only; then the one chosen, whole
+    assert read == [("best.ckpt", {"lazy": True}), ("last.ckpt", {"lazy": True}), (chosen, {})]
 
 
 def test_a_named_corrupt_checkpoint_is_an_error_naming_it(tmp_path):
@@ -191,3 +242,16 @@ def test_a_target_in_a_checkpoint_is_never_instantiated(trained):
     ckpt["hyper_parameters"]["model"]["_target_"] = "os.system"
     with pytest.raises(GptlabError, match=r"is not a gptlab checkpoint .*_target_"):
         from_checkpoint(ckpt, trained)
+
+
+def test_only_a_run_resuming_in_its_own_folder_removes_its_stray_temporary_files(tmp_path, small_corpus, trained):
+    other = trained.parent.parent
+    stray = trained.parent / ".last.ckpt.tmp-999999"  # the save another process may be making there right now
+    stray.write_bytes(b"half")
+    _, new = fit(tmp_path, small_corpus, "trainer.max_steps=6", f"ckpt_path={other}", name="new")
+    assert stray.read_bytes() == b"half"  # a new run started from that run's checkpoint never touches its folder
+    assert torch.load(new / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+
+    fit(tmp_path, small_corpus, "trainer.max_steps=6", f"ckpt_path={other}", name=other.name)  # resumed in place
+    assert not stray.exists()  # a save killed in this run's own folder left it: nothing else can be writing it
+    assert torch.load(trained, weights_only=True)["global_step"] == 6

@@ -1,6 +1,7 @@
 """Exact resume, as real processes: a run stopped and resumed ends bit-identical to one that never stopped."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -149,3 +150,44 @@ def test_a_new_run_never_writes_into_an_existing_run(tmp_path, small_corpus):
     assert f"error: hydra.run.dir: {run} already holds a run; resume it with resume={run}" in result.stderr
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml"]
     assert (run / "config.yaml").read_text() == "precious"
+
+
+SHORT = ["trainer.max_steps=8", "trainer.val_check_interval=3"]
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory, corpus):
+    """A run stopped at step 7 of 8: best.ckpt from a validation before it (step 3 or 6), last.ckpt at step 7."""
+    logs = tmp_path_factory.mktemp("stopped")
+    train(logs, corpus, *SHORT, "reliability.stop_at_step=7")
+    run = only_run(logs)
+    steps = {p.name: torch.load(p, weights_only=True)["global_step"] for p in (run / "checkpoints").glob("*.ckpt")}
+    assert steps["last.ckpt"] == 7 and steps["best.ckpt"] in (3, 6)
+    return run
+
+
+def copied(run, tmp_path):
+    """The run as `cp -r` leaves it: every file new, best.ckpt copied after last.ckpt (the newer file)."""
+    copy = tmp_path / "logs" / "runs" / run.name
+    shutil.copytree(run, copy)
+    later = time.time() + 5
+    os.utime(copy / "checkpoints" / "best.ckpt", (later, later))
+    return copy
+
+
+@pytest.mark.slow
+def test_a_copied_run_resumes_from_its_furthest_checkpoint_not_its_newest_file(tmp_path, corpus, stopped_run):
+    run = copied(stopped_run, tmp_path)
+    train(tmp_path / "logs", corpus, f"resume={run}", *SHORT)
+    assert [s for s, _ in scalars(run, "train/loss")] == list(range(8))  # no step repeated: it went on from 7
+
+
+@pytest.mark.slow
+def test_an_empty_last_checkpoint_resumes_from_the_one_before_with_a_warning(tmp_path, corpus, stopped_run):
+    run = copied(stopped_run, tmp_path)
+    best_step = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["global_step"]
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")  # a disk that filled up, or a copy cut short
+    result = train(tmp_path / "logs", corpus, f"resume={run}", *SHORT)
+    best = run / "checkpoints" / "best.ckpt"
+    assert f"resuming from {best} (step {best_step}) instead of the unreadable last.ckpt" in result.stderr
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8

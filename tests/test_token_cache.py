@@ -102,7 +102,8 @@ def test_a_failed_prepare_never_replaces_a_good_cache(shards, tmp_path, monkeypa
 def test_prepare_command_and_its_bad_input(shards, tmp_path):
     folder, _ = shards
     args = ["data=text_files", f"data.files=[{folder}]", "data.val_tokens=120", f"paths.data_dir={tmp_path / 'd'}"]
-    done = run_cli("prepare.py", *args, f"paths.log_dir={tmp_path / 'logs'}")
+    logs = f"paths.log_dir={tmp_path / 'logs'}"  # never the project's own logs/
+    done = run_cli("prepare.py", *args, logs)
     assert done.returncode == 0, done.stderr[-2000:]
     [made] = (tmp_path / "d" / "tokens").iterdir()
     assert done.stdout.strip() == str(made.resolve()) or done.stdout.strip().endswith(made.name)
@@ -112,12 +113,12 @@ def test_prepare_command_and_its_bad_input(shards, tmp_path):
     bad.mkdir()
     (bad / "a.txt").write_text("a good first document " * 50)
     (bad / "b.txt").write_bytes(b"then bytes \xff\xfe that are not UTF-8")
-    failed = run_cli("prepare.py", "data=text_files", f"data.files=[{bad}]", f"paths.data_dir={tmp_path / 'd'}")
+    failed = run_cli("prepare.py", "data=text_files", f"data.files=[{bad}]", f"paths.data_dir={tmp_path / 'd'}", logs)
     assert failed.returncode == 1 and "Traceback" not in failed.stderr
     assert "error: data: " in failed.stderr.strip().splitlines()[-1] and "not UTF-8" in failed.stderr
     assert [p.name for p in (tmp_path / "d" / "tokens").iterdir()] == [made.name]  # nothing half-written kept
 
-    char = run_cli("prepare.py", "data=tinyshakespeare", f"paths.data_dir={tmp_path / 'd'}")
+    char = run_cli("prepare.py", "data=tinyshakespeare", f"paths.data_dir={tmp_path / 'd'}", logs)
     assert char.returncode == 1 and "error: data: prepare is for streamed datasets" in char.stderr
 
 
@@ -136,3 +137,10 @@ def test_train_cli_refuses_a_cache_from_another_tokenizer(shards, tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert "error: data: token cache" in last and "was made with tokenizer {'kind': 'r50k_other'}" in last
     assert not (logs / "runs").exists() or all(not (r / "checkpoints").exists() for r in (logs / "runs").iterdir())
+
+
+def test_prepare_keeps_its_log_out_of_the_training_runs(tmp_path):
+    """Its folder holds no checkpoint: among logs/runs it would pass for the newest run (`make generate`)."""
+    shown = run_cli("prepare.py", "--cfg", "hydra")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "  run:\n    dir: ${paths.log_dir}/prepare/${now:%Y-%m-%d_%H-%M-%S-%f}\n" in shown.stdout

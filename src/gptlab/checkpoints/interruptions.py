@@ -1,5 +1,6 @@
 """Stopping with a checkpoint: SIGTERM, SIGINT and `reliability.stop_at_step` end a run after the current step,
-saved where Lightning saves; on SLURM, Lightning requeues the job (the Trainer plugins here)."""
+saved where Lightning saves; on SLURM, Lightning requeues the job (the Trainer plugins here). What a killed save left
+in the run's own folder goes when the run continues there."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from gptlab.checkpoints.atomic_io import AtomicCheckpointIO
+from gptlab.checkpoints.atomic_io import AtomicCheckpointIO, remove_stray_temps
 from gptlab.compat import accumulating, one_optimizer_step_back
 from gptlab.errors import ConfigError
 
@@ -50,11 +51,19 @@ class Interruptions(L.Callback):
         self._previous_sigint = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self._remove_stray_temps()
         # Lightning's own SIGTERM handler sets trainer.received_sigterm (and tells DDP ranks); SIGINT is ours
         self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_sigint()
+
+    def _remove_stray_temps(self) -> None:
+        # this run's own folder (a new run's is empty; a resumed one's is where resume= continues it): a save killed
+        # here left them, and no other process writes here; another run's folder, named by ckpt_path, is never touched
+        for stray in remove_stray_temps(self.path.parent):
+            log.info("removed %s, left by a save that was killed", stray)
 
     def _on_sigint(self, signum: int, frame) -> None:
         self.signum = signal.SIGINT

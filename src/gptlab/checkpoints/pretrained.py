@@ -9,11 +9,14 @@ nothing in them is ever instantiated as a class.
 from __future__ import annotations
 
 import logging
+import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from gptlab.config.errors import first_line
 from gptlab.data.tokenizers import tokenizer_from_state
 from gptlab.errors import GptlabError
 from gptlab.interop import hf
@@ -22,6 +25,9 @@ from gptlab.model.gpt import GPT, GPTConfig
 log = logging.getLogger(__name__)
 # keys checkpoints of earlier versions hold under hyper_parameters.model, which are not architecture
 FORMER_MODEL_KEYS = ("compile", "init_from")
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6: a zip archive
+UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")  # what weights_only=True refused to load
+LEGACY_MAGIC = b"\x80"  # torch.save's earlier format: a pickle (protocol 2 and up), still readable
 
 
 @dataclass
@@ -68,11 +74,36 @@ def find_checkpoint(path: str | Path, prefer: str = "best", key: str = "ckpt_pat
     raise GptlabError(f"{key}: checkpoint not found: {path}")
 
 
-def read_checkpoint(path: Path, key: str = "ckpt_path") -> dict:
+def read_checkpoint(path: Path, key: str = "ckpt_path", lazy: bool = False) -> dict:
+    """A checkpoint's contents; `lazy`: its tensors memory-mapped, so only its small pickled index is read now."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, corrupt, or not written by gptlab
-        raise GptlabError(f"{key}: cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=lazy and is_zip(path))
+    except Exception as e:  # empty, truncated, corrupt, or not written by torch.save at all
+        raise GptlabError(f"{key}: cannot read checkpoint {path}: {unreadable_reason(path, e)}") from None
+
+
+def is_zip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(ZIP_MAGIC)) == ZIP_MAGIC
+
+
+def unreadable_reason(path: Path, error: Exception) -> str:
+    """Why torch.load failed, in words: its own messages can be empty, a bare pickle error, or several lines."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(ZIP_MAGIC))
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    if not head:
+        return "the file is empty (0 bytes): a save or a copy was cut short"
+    if head == ZIP_MAGIC and not zipfile.is_zipfile(path):  # a zip archive's index is at its end
+        return "truncated: an incomplete zip archive (a save or copy cut short)"
+    if head != ZIP_MAGIC and not head.startswith(LEGACY_MAGIC):
+        return "not a checkpoint (torch.save writes a zip archive)"
+    if found := UNSAFE_GLOBAL.search(str(error)):
+        kind = found[1]
+        return f"it holds a Python object ({kind}): only tensors and plain containers are read (others may run code)"
+    return first_line(error)
 
 
 def load_pretrained(path: str | Path, prefer: str = "best", key: str = "ckpt_path") -> Pretrained:

@@ -1,11 +1,10 @@
-"""Which checkpoint a run resumes from: a file as named, or a run folder's newest readable one."""
+"""Which checkpoint a run resumes from: a file as named, or the readable one of a run folder furthest along."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from gptlab.checkpoints.atomic_io import remove_stray_temps
 from gptlab.checkpoints.pretrained import read_checkpoint
 from gptlab.errors import GptlabError
 
@@ -13,26 +12,51 @@ log = logging.getLogger(__name__)
 
 
 def resume_checkpoint(path: str | Path) -> tuple[Path, dict]:
-    """The checkpoint to resume from, read: a file as named, or a run folder's newest readable one.
+    """The checkpoint to resume from, read: a file as named, or a run folder's readable one with the highest step.
 
-    A named file that cannot be read is an error; in a run folder, an unreadable newest checkpoint (a torn disk,
-    a copy cut short) falls back to the next newest with a warning naming both.
+    File times say nothing here: `cp -r` or a restore from a backup gives them in copy order. Ties go to last.ckpt,
+    which holds the full training state. A named file that cannot be read is an error; in a run folder, an
+    unreadable checkpoint (a torn disk, a copy cut short) is skipped with a warning naming it. Nothing in the folder
+    is changed: it may be another run's, saving right now (a run clears its own stray files: Interruptions).
     """
     path = Path(path).expanduser()
     if path.is_file():
         return path, read_checkpoint(path)
     folder = path / "checkpoints"
-    remove_stray_temps(folder)
-    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"))[::-1]
+    candidates = sorted(folder.glob("*.ckpt"))
     if not candidates:
         raise GptlabError(f"resume: no checkpoint in {folder}: nothing to resume (start a new run instead)")
-    for candidate in candidates:
+    steps = readable_steps(candidates)
+    for candidate in sorted(steps, key=lambda p: (steps[p], p.name == "last.ckpt"), reverse=True):
         try:
             ckpt = read_checkpoint(candidate)
+        except GptlabError as e:  # its index read, but not its tensors
+            log.warning("skipping unreadable checkpoint: %s", e)
+            del steps[candidate]
+            continue
+        if unreadable := [p.name for p in candidates if p not in steps]:
+            log.warning(
+                "resuming from %s (step %d) instead of the unreadable %s",
+                candidate,
+                steps[candidate],
+                ", ".join(unreadable),
+            )
+        return candidate, ckpt
+    raise GptlabError(f"resume: no readable checkpoint in {folder} (tried {', '.join(p.name for p in candidates)})")
+
+
+def readable_steps(candidates: list[Path]) -> dict[Path, int]:
+    """The global step of each checkpoint whose index reads; its tensors stay on disk (memory-mapped, unread)."""
+    steps = {}
+    for candidate in candidates:
+        try:
+            index = read_checkpoint(candidate, lazy=True)
         except GptlabError as e:
             log.warning("skipping unreadable checkpoint: %s", e)
             continue
-        if candidate != candidates[0]:
-            log.warning("newest checkpoint %s is unreadable; resuming from %s instead", candidates[0], candidate)
-        return candidate, ckpt
-    raise GptlabError(f"resume: no readable checkpoint in {folder} (tried {', '.join(p.name for p in candidates)})")
+        step = index.get("global_step") if isinstance(index, dict) else None
+        if isinstance(step, int):
+            steps[candidate] = step
+        else:
+            log.warning("skipping %s: it holds no global_step, so it is not a training checkpoint", candidate)
+    return steps

@@ -2,7 +2,8 @@
 
 `resume=<run folder>` becomes that run's own overrides (from its .hydra/overrides.yaml) plus any given now, with
 `ckpt_path=<run folder>` and `hydra.run.dir=<run folder>`: the run continues in its folder, its log and its
-TensorBoard curves, from its newest readable checkpoint. Nothing is composed here: Hydra composes once.
+TensorBoard curves, from its readable checkpoint furthest along. Hydra's flags (--cfg job, --info, -m, ...) are
+kept, with their values. Nothing is composed here: Hydra composes once.
 """
 
 from __future__ import annotations
@@ -14,15 +15,47 @@ import yaml
 from gptlab.errors import GptlabError
 
 NOT_CARRIED = ("ckpt_path", "reliability.stop_at_step")  # a resumed run finds its checkpoint and runs to the end
+# Hydra's flags that take the next word as their value (hydra._internal.utils.get_args_parser; tests/test_argv.py
+# checks these against it), and the one whose value is optional, with the words it takes
+VALUE_FLAGS = frozenset(
+    {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
+    | {"--experimental-rerun"}
+)
+INFO_TOPICS = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+OPTIONAL_VALUE_FLAGS = {"--info": INFO_TOPICS, "-i": INFO_TOPICS}
 
 
 def prepare_argv(argv: list[str]) -> list[str]:
-    resume = [a.split("=", 1)[1] for a in argv if a.startswith("resume=")]
-    rest = [a for a in argv if not a.startswith("resume=")]
+    """The command line Hydra gets: with resume=, the run's overrides, those given now, then Hydra's flags.
+
+    Hydra's parser takes its overrides as one run of words: flags go after them, each with its value, in the order
+    given (a flag between two overrides would make argparse refuse the second run).
+    """
+    overrides, flags = split_flags(argv)
+    resume = [a.split("=", 1)[1] for a in overrides if a.startswith("resume=")]
     if not resume:
-        return rest
+        return argv
     folder = Path(resume[-1]).expanduser()
-    return [*saved_overrides(folder), *rest, f"ckpt_path={folder}", f"hydra.run.dir={folder}"]
+    rest = [a for a in overrides if not a.startswith("resume=")]
+    return [*saved_overrides(folder), *rest, f"ckpt_path={folder}", f"hydra.run.dir={folder}", *flags]
+
+
+def split_flags(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(overrides, flags with their values), each in the order given."""
+    overrides, flags, words = [], [], list(argv)
+    while words:
+        word = words.pop(0)
+        if not word.startswith("-"):
+            overrides.append(word)
+            continue
+        flags.append(word)
+        if words and takes_value(word, words[0]):
+            flags.append(words.pop(0))
+    return overrides, flags
+
+
+def takes_value(flag: str, following: str) -> bool:
+    return flag in VALUE_FLAGS or following in OPTIONAL_VALUE_FLAGS.get(flag, ())
 
 
 def saved_overrides(folder: Path) -> list[str]:

@@ -107,14 +107,16 @@ def config_to_hf(config: GPTConfig, key: str = "ckpt_path") -> dict:
 
 
 def read_weights(folder: Path, key: str) -> dict[str, torch.Tensor]:
+    path = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), folder / WEIGHT_FILES[-1])
     try:
-        if (folder / WEIGHT_FILES[0]).is_file():
+        if path.name == WEIGHT_FILES[0]:
             from safetensors.torch import load_file
 
-            return load_file(folder / WEIGHT_FILES[0])
-        return torch.load(folder / WEIGHT_FILES[1], map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or not a weight file
-        raise GptlabError(f"{key}: cannot read the weights in {folder}: {str(e).splitlines()[0]}") from None
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # empty, truncated or not a weight file; torch.load's message can be empty
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise GptlabError(f"{key}: cannot read the weights in {path}: {why}") from None
 
 
 def from_hf_weights(hf: dict[str, torch.Tensor], config: GPTConfig, key: str) -> dict[str, torch.Tensor]:
