@@ -255,3 +255,31 @@ def test_only_a_run_resuming_in_its_own_folder_removes_its_stray_temporary_files
     fit(tmp_path, small_corpus, "trainer.max_steps=6", f"ckpt_path={other}", name=other.name)  # resumed in place
     assert not stray.exists()  # a save killed in this run's own folder left it: nothing else can be writing it
     assert torch.load(trained, weights_only=True)["global_step"] == 6
+
+
+def test_a_full_disk_during_a_save_stops_the_run_in_one_line_and_keeps_the_previous_checkpoint(
+    tmp_path, small_corpus, monkeypatch
+):
+    import errno
+
+    import gptlab.checkpoints.atomic_io as atomic_io
+
+    save, saves = torch.save, []
+
+    def filling(obj, f):
+        saves.append(1)
+        if len(saves) > 1:  # the first save fits, then the disk is full
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        save(obj, f)
+
+    monkeypatch.setattr(atomic_io.torch, "save", filling)
+    with pytest.raises(GptlabError) as e:
+        fit(tmp_path, small_corpus, "trainer.max_steps=8", "trainer.val_check_interval=4")
+    folder = tmp_path / "run" / "checkpoints"
+    message = str(e.value)
+    assert message.startswith(f"checkpoint {folder}") and "cannot write it (no space left on device)" in message
+    assert "\n" not in message
+    assert sorted(p.name for p in folder.iterdir()) == ["best.ckpt"]  # whole, and no temporary file left
+    monkeypatch.undo()
+    assert torch.load(folder / "best.ckpt", weights_only=True)["global_step"] == 4

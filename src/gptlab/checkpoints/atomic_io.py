@@ -34,12 +34,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(temp, path)
+        except (OSError, RuntimeError) as e:  # a full disk, a quota: torch's writer reports it as a RuntimeError
+            kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+            raise GptlabError(f"checkpoint {path}: cannot write it ({write_failure(e)}); {kept}") from None
         finally:
             temp.unlink(missing_ok=True)
         fsync_dir(path.parent)
 
     def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict:
         return read_checkpoint(Path(path))
+
+
+def write_failure(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.errno is not None:
+        return os.strerror(error.errno).lower()
+    text = str(error).strip().splitlines()
+    return text[-1] if text else type(error).__name__
 
 
 def fsync_dir(folder: Path) -> None:
