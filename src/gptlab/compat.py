@@ -25,13 +25,8 @@ from typing import Any
 LIGHTNING_HOOK_NAME_ATTRIBUTE = "_current_fx_name"
 
 # What Lightning's DDP launcher sets in the parent process; a sweep clears them after each job, or the next job
-# would think its ranks already exist. A child rank it started has LOCAL_RANK set.
+# would think its ranks already exist.
 LIGHTNING_LAUNCHER_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def is_launched_rank() -> bool:
-    """This process is a DDP rank that Lightning's launcher started into a run its rank 0 already made."""
-    return "LOCAL_RANK" in os.environ
 
 
 def accumulating(trainer: Any) -> bool:

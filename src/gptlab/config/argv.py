@@ -3,7 +3,8 @@
 `resume=<run folder>` becomes that run's own overrides (from its .hydra/overrides.yaml) plus any given now, with
 `ckpt_path=<run folder>` and `hydra.run.dir=<run folder>`: the run continues in its folder, its log and its
 TensorBoard curves, from its readable checkpoint furthest along. Hydra's flags (--cfg job, --info, -m, ...) are
-kept, with their values. Nothing is composed here: Hydra composes once.
+kept, with their values. A later process of a torchrun or srun launch is kept from making a folder of its own
+(gptlab.config.launch). Nothing is composed here: Hydra composes once.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from gptlab.config.launch import launch_overrides
 from gptlab.errors import GptlabError
 
 NOT_CARRIED = ("ckpt_path", "reliability.stop_at_step")  # a resumed run finds its checkpoint and runs to the end
@@ -34,10 +36,11 @@ def prepare_argv(argv: list[str]) -> list[str]:
     overrides, flags = split_flags(argv)
     resume = [a.split("=", 1)[1] for a in overrides if a.startswith("resume=")]
     if not resume:
-        return argv
+        return launch_overrides(argv)
     folder = Path(resume[-1]).expanduser()
     rest = [a for a in overrides if not a.startswith("resume=")]
-    return [*saved_overrides(folder), *rest, f"ckpt_path={folder}", f"hydra.run.dir={folder}", *flags]
+    overrides = [*saved_overrides(folder), *rest, f"ckpt_path={folder}", f"hydra.run.dir={folder}"]
+    return [*launch_overrides(overrides), *flags]
 
 
 def split_flags(argv: list[str]) -> tuple[list[str], list[str]]:

@@ -18,8 +18,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from gptlab.checkpoints.compatibility import check_fits
-from gptlab.compat import is_launched_rank
 from gptlab.config.errors import user_error_line
+from gptlab.config.launch import first_process
 from gptlab.config.run_folder import claim, refuse_occupied
 from gptlab.data.config import TextFileConfig
 from gptlab.data.text_source import locate
@@ -29,7 +29,7 @@ from gptlab.train.run_config import validate
 
 class Preflight(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        if is_launched_rank():  # a DDP rank Lightning started into the run its rank 0 already checked and claimed
+        if not first_process():  # a later rank: the run's first process already checked and claimed the folder
             return
         folder = Path(config.hydra.run.dir).expanduser()
         try:
