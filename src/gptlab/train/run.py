@@ -41,10 +41,11 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
     `extra_callbacks` join the configured ones (bench/train.py times steps through one).
     """
     run = validate(cfg)  # every config error surfaces here, before data or model load
+    cfg.optim.warmup_steps = run.optim.warmup_steps  # shortened to fit a quick run: config.yaml records what ran
     init = pretrained_start(run)
     if run.keep_freed_memory and keep_freed_memory():
         log.info("host memory: glibc keeps freed memory for reuse (keep_freed_memory)")
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(run.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     resumed_from, resumed = resume_from(run.ckpt_path)
     if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
@@ -52,7 +53,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-    datamodule = make_datamodule(run.data, init.tokenizer if init else None, cfg.seed)
+    datamodule = make_datamodule(run.data, init.tokenizer if init else None, run.seed)
     datamodule.prepare_data()
     datamodule.setup("fit")
     run.model.vocab_size = datamodule.tokenizer.vocab_size
