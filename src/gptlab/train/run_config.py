@@ -18,7 +18,7 @@ from gptlab.config.errors import ours_first
 from gptlab.config.typed import typed
 from gptlab.data.config import StreamConfig, TextFileConfig
 from gptlab.data.factory import data_config
-from gptlab.errors import ConfigError
+from gptlab.errors import ConfigError, GptlabError
 from gptlab.model.gpt import GPTConfig
 from gptlab.model.sampling import SampleConfig
 from gptlab.train.optim import OptimConfig
@@ -42,6 +42,7 @@ class RunConfig:
     keep_freed_memory: bool
     processes: int  # trainer.devices x trainer.num_nodes
     seed: int
+    prompts: dict[str, str]  # the sample prompts, by the key that sets them, checked once the tokenizer exists
 
 
 def validate(cfg: DictConfig) -> RunConfig:
@@ -65,7 +66,17 @@ def read(cfg: DictConfig) -> RunConfig:
         keep_freed_memory=cfg.get("keep_freed_memory", True),
         processes=check_trainer(cfg.trainer),
         seed=cfg.get("seed"),
+        prompts=sample_prompts(cfg),
     )
+
+
+def sample_prompts(cfg: DictConfig) -> dict[str, str]:
+    """sample.prompt, and the text sampler's own prompt when it does not follow it (by default it interpolates it)."""
+    prompts = {"sample.prompt": cfg.sample.get("prompt", "\n")}
+    sampler = cfg.get("callbacks", {}).get("text_sampler")
+    if sampler is not None and sampler.get("prompt", prompts["sample.prompt"]) != prompts["sample.prompt"]:
+        prompts["callbacks.text_sampler.prompt"] = sampler.prompt
+    return prompts
 
 
 def check(run: RunConfig) -> None:
@@ -150,6 +161,27 @@ def check_data_file(data: TextFileConfig) -> None:
             f"fewer than data.block_size + 1 = {data.block_size + 1} tokens (data.block_size follows "
             "model.block_size unless set)"
         )
+
+
+def check_prompts(prompts: dict[str, str], tokenizer) -> None:
+    """Every sample prompt in the data's vocabulary, checked as soon as the tokenizer exists: the text sampler draws
+    at the first validation, and a prompt it cannot encode would end the run there, its steps lost."""
+    for key, prompt in prompts.items():
+        missing = [c for c in sorted(set(prompt)) if not encodes(tokenizer, c)]
+        if missing:
+            also = " (and callbacks.text_sampler.prompt, which interpolates it)" if key == "sample.prompt" else ""
+            raise ConfigError(
+                f"{key}{also}: characters the data's vocabulary lacks: {''.join(missing)!r}; "
+                f"set {key} to text made of the data's characters"
+            )
+
+
+def encodes(tokenizer, text: str) -> bool:
+    try:
+        tokenizer.encode(text)
+    except GptlabError:
+        return False
+    return True
 
 
 PRECISIONS = {
