@@ -23,6 +23,7 @@ from gptlab.data.factory import make_datamodule
 from gptlab.model.sampling import SampleConfig
 from gptlab.model.text_stream import sample_text
 from gptlab.train.callbacks import TextSampler
+from gptlab.train.final_validation import FinalValidation
 from gptlab.train.host_memory import keep_freed_memory
 from gptlab.train.module import GPTLitModule
 from gptlab.train.precision import resolve_precision
@@ -103,7 +104,8 @@ def build_trainer(
     """The Trainer the config describes, with gptlab's own callbacks and plugins for checkpoints and signals."""
     callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     callbacks += extra_callbacks or []
-    callbacks += [RNGState(), Interruptions(output_dir / "checkpoints", run.reliability.stop_at_step)]
+    interruptions = Interruptions(output_dir / "checkpoints", run.reliability.stop_at_step)
+    callbacks += [RNGState(), interruptions, FinalValidation(interruptions)]  # in this order (FinalValidation says why)
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar it was told not to show
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
