@@ -22,6 +22,9 @@ class Tiny(L.LightningModule):
         self.probe.hook_names.append(getattr(self, compat.LIGHTNING_HOOK_NAME_ATTRIBUTE, None))
         return self.layer(batch).sum()
 
+    def validation_step(self, batch, batch_idx):
+        self.probe.validated.append(self.trainer.global_step)
+
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
@@ -29,12 +32,15 @@ class Tiny(L.LightningModule):
 class Probe(L.Callback):
     def __init__(self):
         self.hook_names, self.accumulating, self.stepped, self.back = [], [], [], []
+        self.validated, self.validate_after = [], None  # global steps validated at; the batch to call it after
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.accumulating.append(compat.accumulating(trainer))
         self.stepped.append((trainer.fit_loop.epoch_loop._batches_that_stepped, trainer.global_step))
         with compat.one_optimizer_step_back(trainer):
             self.back.append(trainer.fit_loop.epoch_loop._batches_that_stepped)
+        if batch_idx == self.validate_after:
+            compat.validate_after_this_batch(trainer)
 
 
 def fit(accumulate: int, batches: int) -> Probe:
@@ -52,6 +58,28 @@ def fit(accumulate: int, batches: int) -> Probe:
     )
     trainer.fit(Tiny(probe), DataLoader(torch.ones(batches, 2), batch_size=1))
     return probe
+
+
+@pytest.mark.parametrize("last", [False, True])
+def test_validate_after_this_batch_validates_after_the_last_step_without_stopping(last):
+    probe = Probe()
+    probe.validate_after = 3 if last else None  # the last of four steps: the interval (100) is never reached
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=4,
+        val_check_interval=100,
+        check_val_every_n_epoch=None,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        callbacks=[probe],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    data = DataLoader(torch.ones(4, 2), batch_size=1)
+    trainer.fit(Tiny(probe), data, data)
+    assert probe.validated == ([4] if last else []) and trainer.should_stop is False
 
 
 def test_lightning_names_the_running_hook_in_the_attribute_the_module_bypasses():

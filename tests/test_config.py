@@ -1,3 +1,4 @@
+import logging
 import re
 
 import pytest
@@ -106,7 +107,6 @@ def test_env_var_points_at_the_corpus(tmp_path, monkeypatch):
         (["model.n_embd=100", "model.n_head=3"], "divisible by model.n_head"),
         (["model.n_layer=-1"], "model.n_layer must be a positive integer"),
         (["data.block_size=999"], r"data.block_size \(999\) exceeds model.block_size \(512\)"),
-        (["optim.warmup_steps=5000"], r"optim.warmup_steps \(5000\) must be shorter than trainer.max_steps"),
         (["optim.lr=0"], "optim.lr must be positive"),
         (["trainer.max_steps=-1"], "trainer.max_steps must be a positive integer"),
         (["ckpt_path=/no/such.ckpt"], "ckpt_path: checkpoint not found: /no/such.ckpt"),
@@ -119,6 +119,22 @@ def test_bad_values_are_rejected_naming_the_key(overrides, message, tmp_path):
     with pytest.raises(Exception) as e:  # Hydra's composition refuses a wrong type, validate the rest
         validate(make_config(overrides, tmp_path))
     assert re.search(message, user_error_line(e.value))
+
+
+@pytest.mark.parametrize("max_steps, warmup, shortened", [(40, None, 4), (2500, 5000, 250), (5, 5, 0)])
+def test_a_warmup_as_long_as_the_run_is_shortened_to_a_tenth_of_it_in_one_log_line(
+    max_steps, warmup, shortened, tmp_path, shakespeare, caplog
+):
+    overrides = ["model=gpt_small", f"data.path={shakespeare}", f"trainer.max_steps={max_steps}"]
+    overrides += [f"optim.warmup_steps={warmup}"] if warmup else []  # unset: gpt_small's adamw warms up 100 steps
+    with caplog.at_level(logging.WARNING):
+        run = validate(make_config(overrides, tmp_path))
+    assert run.optim.warmup_steps == shortened
+    [line] = [r.getMessage() for r in caplog.records if "warmup" in r.getMessage()]
+    assert line == (
+        f"optim.warmup_steps ({warmup or 100}) is not shorter than trainer.max_steps ({max_steps}): "
+        f"warming up over {shortened} steps instead (a tenth of the run)"
+    )
 
 
 def test_unknown_key_in_a_config_file_is_named(tmp_path):

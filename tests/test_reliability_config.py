@@ -21,7 +21,10 @@ BAD = [
     (["model.n_layer=0"], "model.n_layer must be a positive integer, got 0"),
     (["data.batch_size=-4"], "data.batch_size must be positive, got -4"),
     (["model.n_embd=30", "model.n_head=4"], "model.n_embd (30) must be divisible by model.n_head (4)"),
-    (["optim.warmup_steps=100", "trainer.max_steps=100"], "optim.warmup_steps (100) must be shorter"),
+    (
+        ["trainer.accumulate_grad_batches=3", "trainer.val_check_interval=10"],
+        "trainer.val_check_interval (10) must be a multiple of trainer.accumulate_grad_batches (3)",
+    ),
     (["data.block_size=64"], "data.block_size (64) exceeds model.block_size (32)"),
     (
         ["model.block_size=4096", "data.block_size=4096"],
@@ -46,6 +49,18 @@ BAD = [
     (["optim.max_bad_steps=0"], "optim.max_bad_steps must be >= 1"),
     (["reliability.stop_at_step=-5"], "reliability.stop_at_step must be a positive step"),
     (["data.path=/no/such/input.txt"], "data.path: file not found: /no/such/input.txt"),
+    (["data.path=/"], "data.path: / is a directory, not a text file"),
+    (["model.vocab_size=10000"], "model.vocab_size comes from the tokenizer, never from the config"),
+    (["trainer.val_check_interval=0"], "trainer.val_check_interval must be a positive whole number of batches, got 0"),
+    (["trainer.val_check_interval=-1"], "trainer.val_check_interval must be a positive whole number of batches"),
+    (["trainer.val_check_interval=2.5"], "trainer.val_check_interval must be a positive whole number of batches"),
+    (["trainer.val_check_interval=abc"], "trainer.val_check_interval must be a positive whole number of batches"),
+    (["optim.eps=-1e-8"], "optim.eps must be positive, got -1e-08"),
+    (["seed=-1"], "seed must be a whole number in [0, 4294967295], got -1"),
+    (["seed=abc"], "seed must be a whole number in [0, 4294967295], got 'abc'"),
+    (["seed=99999999999999"], "seed must be a whole number in [0, 4294967295], got 99999999999999"),
+    (["trainer.gradient_clip_val=nan"], "trainer.gradient_clip_val must be a finite number >= 0 or null"),
+    (["optim.weight_decay=nan"], "optim.weight_decay must be a finite number, got nan"),
 ]
 
 

@@ -45,6 +45,19 @@ def test_loss_falls_and_everything_is_logged(tmp_path, small_corpus):
     assert {p.name for p in (out / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
 
 
+def test_a_run_shorter_than_the_validation_interval_validates_at_its_last_step(tmp_path, small_corpus):
+    val_loss, out = fit(tmp_path, small_corpus, "trainer.max_steps=7", "trainer.val_check_interval=500")
+    [(step, logged)] = scalars(out, "val/loss")
+    assert step == 6 and val_loss == pytest.approx(logged)  # the last step's 0-based index, as Lightning logs it
+    assert {p.name for p in (out / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
+    assert torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)["global_step"] == 7
+
+
+def test_the_last_step_validates_once_between_two_intervals_too(tmp_path, small_corpus):
+    _, out = fit(tmp_path, small_corpus, "trainer.max_steps=7", "trainer.val_check_interval=3")
+    assert [s for s, _ in scalars(out, "val/loss")] == [2, 5, 6]
+
+
 def test_checkpoints_are_plain_and_carry_the_tokenizer(tmp_path, small_corpus):
     _, out = fit(tmp_path, small_corpus, "trainer.max_steps=6", "trainer.val_check_interval=3")
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
@@ -159,10 +172,10 @@ def test_final_sample_is_the_last_validations_when_it_ran_at_the_end(tmp_path, s
     # validations at steps 3 and 6, the last step: the printed sample is the one step 6 logged, drawn once
     fit(tmp_path, small_corpus, "trainer.max_steps=6", "trainer.val_check_interval=3", name="end")
     assert drawn == [20, 20] and "--- sample from the final model ---\ntext 2\n" in capsys.readouterr().out
-    # no validation at the last step (6 is not a multiple of 4): a fresh sample from the final weights
+    # 6 is not a multiple of 4, yet the last step validates too (at steps 4 and 6): its sample is printed
     drawn.clear()
     fit(tmp_path, small_corpus, "trainer.max_steps=6", "trainer.val_check_interval=4", name="mid")
-    assert drawn == [20, 20] and "text 2" in capsys.readouterr().out
+    assert drawn == [20, 20] and "--- sample from the final model ---\ntext 2\n" in capsys.readouterr().out
     # other settings than the callback's: a fresh sample too
     drawn.clear()
     fit(

@@ -39,6 +39,19 @@ def accumulating(trainer: Any) -> bool:
     return trainer.fit_loop.epoch_loop._should_accumulate()
 
 
+def validate_after_this_batch(trainer: Any) -> None:
+    """Make Lightning validate once the training batch now ending is done (the last step of a run that falls
+    between two validations, or comes before the first).
+
+    Why private: inside an epoch Lightning validates when the count of batches is a multiple of `val_check_batch`
+    (what it made of trainer.val_check_interval), read after on_train_batch_end; 1 makes this batch one. The public
+    way, `trainer.should_stop`, validates too but also makes that step a logging step, which writes the train/loss
+    last logged at an earlier step again. If it changes, a run's last step goes unvalidated (no final val/loss, and
+    no best.ckpt for a run shorter than the interval); the test fails.
+    """
+    trainer.val_check_batch = 1
+
+
 @contextmanager
 def one_optimizer_step_back(trainer: Any) -> Iterator[None]:
     """Count the loggers' step one lower while a checkpoint is written.

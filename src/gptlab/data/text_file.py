@@ -11,7 +11,7 @@ from gptlab.data.loaders import PassLoader
 from gptlab.data.text_source import locate, read_text
 from gptlab.data.tokenizers import CharTokenizer, make_tokenizer
 from gptlab.data.windows import training_windows, validation_windows
-from gptlab.errors import DataError
+from gptlab.errors import ConfigError, DataError
 
 
 class TextFileDataModule(L.LightningDataModule):
@@ -47,6 +47,19 @@ class TextFileDataModule(L.LightningDataModule):
                     f"data.path: {path} gives {len(part)} {split} tokens, fewer than "
                     f"data.block_size + 1 = {c.block_size + 1}"
                 )
+        if stage in (None, "fit"):
+            self.check_batch_fits(path)
+
+    def check_batch_fits(self, path) -> None:
+        """A global batch needs that many training windows: with fewer, every pass ends before its first step (the
+        DataLoaders drop the incomplete batch), and the run would end untrained. Each of N processes takes every
+        N-th window and batch_size / N of them, so N processes need as many windows as one."""
+        windows = len(training_windows(self.train_tokens, self.config.block_size))
+        if self.config.batch_size > windows:
+            raise ConfigError(
+                f"data.batch_size ({self.config.batch_size}) is more than the {windows} training windows of "
+                f"data.block_size + 1 tokens in {path}: it is the global batch, split over all processes"
+            )
 
     def train_dataloader(self) -> PassLoader:
         """Random windows, resumable mid-epoch: Lightning saves and restores this loader's position.

@@ -65,12 +65,14 @@ class GPTConfig:
             raise ConfigError(f"model.norm must be one of {NORMS}, got {self.norm!r}")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"model.activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        if self.logit_softcap is not None and not self.logit_softcap > 0:
-            raise ConfigError(f"model.logit_softcap must be positive or null, got {self.logit_softcap}")
-        if self.rope and (self.head_dim % 2 or not self.rope_base > 0):
-            raise ConfigError(
-                f"model.rope needs an even head size (n_embd / n_head = {self.head_dim}) and rope_base > 0"
-            )
+        # NaN fails every comparison, so each check states what is legal; rope_base is checked with rope off too,
+        # since a value that can never work is a typo
+        if not 0 < self.rope_base < math.inf:
+            raise ConfigError(f"model.rope_base must be a positive finite number, got {self.rope_base}")
+        if self.logit_softcap is not None and not 0 < self.logit_softcap < math.inf:
+            raise ConfigError(f"model.logit_softcap must be a positive finite number or null, got {self.logit_softcap}")
+        if self.rope and self.head_dim % 2:
+            raise ConfigError(f"model.rope needs an even head size (n_embd / n_head = {self.head_dim})")
         if self.norm == "layernorm" and not self.norm_weight:
             raise ConfigError("model.norm_weight=false needs model.norm=rmsnorm (LayerNorm always has a gain)")
 

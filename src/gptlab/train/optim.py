@@ -15,6 +15,7 @@ from gptlab.errors import ConfigError
 
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd")
+FLOATS = ("lr", "weight_decay", "eps", "min_lr", "decay_fraction", "muon_lr", "muon_momentum", "muon_weight_decay")
 
 
 @dataclass
@@ -49,14 +50,17 @@ class OptimConfig:
             raise ConfigError(f"optim.name=muon needs torch >= 2.9 (torch.optim.Muon), this is {torch.__version__}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"optim.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"optim.lr must be positive, got {self.lr}")
-        if not self.muon_lr > 0:
-            raise ConfigError(f"optim.muon_lr must be positive, got {self.muon_lr}")
+        for key in FLOATS:  # NaN passes a check like `x < 0`, and no rate or fraction here can be infinite
+            if not math.isfinite(getattr(self, key)):
+                raise ConfigError(f"optim.{key} must be a finite number, got {getattr(self, key)}")
+        for key in ("lr", "muon_lr", "eps"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"optim.{key} must be positive, got {getattr(self, key)}")
         if not 0 <= self.min_lr <= self.lr:
             raise ConfigError(f"optim.min_lr must be in [0, optim.lr={self.lr}], got {self.min_lr}")
-        if self.weight_decay < 0 or self.muon_weight_decay < 0:
-            raise ConfigError("optim.weight_decay and optim.muon_weight_decay must be >= 0")
+        for key in ("weight_decay", "muon_weight_decay"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"optim.{key} must be >= 0, got {getattr(self, key)}")
         if self.warmup_steps < 0:
             raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0 < self.decay_fraction <= 1:

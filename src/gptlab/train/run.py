@@ -23,11 +23,12 @@ from gptlab.data.factory import make_datamodule
 from gptlab.model.sampling import SampleConfig
 from gptlab.model.text_stream import sample_text
 from gptlab.train.callbacks import TextSampler
+from gptlab.train.final_validation import FinalValidation
 from gptlab.train.host_memory import keep_freed_memory
 from gptlab.train.module import GPTLitModule
 from gptlab.train.precision import resolve_precision
 from gptlab.train.profiler import NoProfiler
-from gptlab.train.run_config import RunConfig, validate
+from gptlab.train.run_config import RunConfig, check_prompts, validate
 from gptlab.train.tensorboard import HPARAMS_METRICS, flatten, log_hparams, markdown_table
 
 log = logging.getLogger(__name__)
@@ -41,24 +42,29 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
     `extra_callbacks` join the configured ones (bench/train.py times steps through one).
     """
     run = validate(cfg)  # every config error surfaces here, before data or model load
+    cfg.optim.warmup_steps = run.optim.warmup_steps  # shortened to fit a quick run: config.yaml records what ran
     init = pretrained_start(run)
-    if run.keep_freed_memory and keep_freed_memory():
-        log.info("host memory: glibc keeps freed memory for reuse (keep_freed_memory)")
-    L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     resumed_from, resumed = resume_from(run.ckpt_path)
+
+    # the data's own checks, before anything is logged or written: a refusal is then the only line on stderr
+    datamodule = make_datamodule(run.data, init.tokenizer if init else None, run.seed)
+    datamodule.prepare_data()
+    datamodule.setup("fit")  # refuses a data.batch_size larger than the training windows
+    check_prompts(run.prompts, datamodule.tokenizer)  # before the first validation's sample, not at it
+    run.model.vocab_size = datamodule.tokenizer.vocab_size
+    if resumed is not None:  # before any weight is loaded: same shapes, same tokenizer, or a clear refusal
+        check_fits(resumed, "ckpt_path", run.model, datamodule.tokenizer.state_dict())
+        del resumed
+
+    if run.keep_freed_memory and keep_freed_memory():
+        log.info("host memory: glibc keeps freed memory for reuse (keep_freed_memory)")
+    L.seed_everything(run.seed, workers=True)  # reading the data draws no random numbers: the model's are the first
     if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
         log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-    datamodule = make_datamodule(run.data, init.tokenizer if init else None, cfg.seed)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    run.model.vocab_size = datamodule.tokenizer.vocab_size
-    if resumed is not None:  # before any weight is loaded: same shapes, same tokenizer, or a clear refusal
-        check_fits(resumed, "ckpt_path", run.model, datamodule.tokenizer.state_dict())
-        del resumed
     module = GPTLitModule(
         model=asdict(run.model),
         optim=asdict(run.optim),
@@ -98,7 +104,8 @@ def build_trainer(
     """The Trainer the config describes, with gptlab's own callbacks and plugins for checkpoints and signals."""
     callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     callbacks += extra_callbacks or []
-    callbacks += [RNGState(), Interruptions(output_dir / "checkpoints", run.reliability.stop_at_step)]
+    interruptions = Interruptions(output_dir / "checkpoints", run.reliability.stop_at_step)
+    callbacks += [RNGState(), interruptions, FinalValidation(interruptions)]  # in this order (FinalValidation says why)
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar it was told not to show
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]

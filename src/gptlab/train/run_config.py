@@ -3,11 +3,14 @@ is loaded."""
 
 from __future__ import annotations
 
+import logging
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from gptlab.checkpoints.interruptions import ReliabilityConfig
@@ -15,10 +18,14 @@ from gptlab.config.errors import ours_first
 from gptlab.config.typed import typed
 from gptlab.data.config import StreamConfig, TextFileConfig
 from gptlab.data.factory import data_config
-from gptlab.errors import ConfigError
+from gptlab.errors import ConfigError, GptlabError
 from gptlab.model.gpt import GPTConfig
 from gptlab.model.sampling import SampleConfig
 from gptlab.train.optim import OptimConfig
+
+log = logging.getLogger(__name__)
+SEEDS = (0, 2**32 - 1)  # what Lightning's seed_everything (numpy's generator) takes
+SAMPLE_SEEDS = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 
 @dataclass
@@ -34,6 +41,8 @@ class RunConfig:
     compile: bool
     keep_freed_memory: bool
     processes: int  # trainer.devices x trainer.num_nodes
+    seed: int
+    prompts: dict[str, str]  # the sample prompts, by the key that sets them, checked once the tokenizer exists
 
 
 def validate(cfg: DictConfig) -> RunConfig:
@@ -56,7 +65,18 @@ def read(cfg: DictConfig) -> RunConfig:
         compile=cfg.get("compile", False),
         keep_freed_memory=cfg.get("keep_freed_memory", True),
         processes=check_trainer(cfg.trainer),
+        seed=cfg.get("seed"),
+        prompts=sample_prompts(cfg),
     )
+
+
+def sample_prompts(cfg: DictConfig) -> dict[str, str]:
+    """sample.prompt, and the text sampler's own prompt when it does not follow it (by default it interpolates it)."""
+    prompts = {"sample.prompt": cfg.sample.get("prompt", "\n")}
+    sampler = cfg.get("callbacks", {}).get("text_sampler")
+    if sampler is not None and sampler.get("prompt", prompts["sample.prompt"]) != prompts["sample.prompt"]:
+        prompts["callbacks.text_sampler.prompt"] = sampler.prompt
+    return prompts
 
 
 def check(run: RunConfig) -> None:
@@ -64,8 +84,20 @@ def check(run: RunConfig) -> None:
     for key in ("compile", "keep_freed_memory"):
         if not isinstance(getattr(run, key), bool):
             raise ConfigError(f"{key} must be true or false, got {getattr(run, key)!r}")
-    if not isinstance(run.max_steps, int) or run.max_steps <= 0:
+    if not whole(run.max_steps) or run.max_steps <= 0:
         raise ConfigError(f"trainer.max_steps must be a positive integer (the run's horizon), got {run.max_steps!r}")
+    if not whole(run.seed) or not SEEDS[0] <= run.seed <= SEEDS[1]:
+        raise ConfigError(f"seed must be a whole number in [{SEEDS[0]}, {SEEDS[1]}], got {run.seed!r}")
+    for prefix, config in (("model", run.model), ("optim", run.optim), ("data", run.data), ("sample", run.sample)):
+        check_finite(prefix, config)
+    if run.sample.seed is not None and not SAMPLE_SEEDS[0] <= run.sample.seed <= SAMPLE_SEEDS[1]:
+        low, high = SAMPLE_SEEDS
+        raise ConfigError(f"sample.seed must be a whole number in [{low}, {high}] or null, got {run.sample.seed}")
+    if run.model.vocab_size is not None:
+        raise ConfigError(
+            "model.vocab_size comes from the tokenizer, never from the config: leave it unset (null), "
+            f"got {run.model.vocab_size}"
+        )
     if run.data.block_size > run.model.block_size:
         raise ConfigError(f"data.block_size ({run.data.block_size}) exceeds model.block_size ({run.model.block_size})")
     block = run.data.block_size
@@ -74,10 +106,7 @@ def check(run: RunConfig) -> None:
             f"optim.seq_len_warmup: window lengths {bad} must divide data.block_size ({block}) "
             "(or set optim.seq_len_warmup=null)"
         )
-    if run.optim.warmup_steps >= run.max_steps:
-        raise ConfigError(
-            f"optim.warmup_steps ({run.optim.warmup_steps}) must be shorter than trainer.max_steps ({run.max_steps})"
-        )
+    fit_warmup(run)
     if getattr(run.data, "path", None):
         check_data_file(run.data)
     if run.ckpt_path and not Path(run.ckpt_path).exists():
@@ -89,17 +118,70 @@ def check(run: RunConfig) -> None:
         )
 
 
+def whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_finite(prefix: str, config: object) -> None:
+    """NaN and infinity make no sense for any float key (a rate, a fraction, a scale): every float of the schema."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{prefix}.{f.name} must be a finite number, got {value}")
+
+
+def fit_warmup(run: RunConfig) -> None:
+    """A warmup at least as long as the run never reaches the peak lr: it is shortened to a tenth of the run, with a
+    warning, so that a quick run changes only trainer.max_steps (an explicit optim.warmup_steps too: one rule)."""
+    if run.optim.warmup_steps < run.max_steps:
+        return
+    shorter = run.max_steps // 10
+    if rank_zero_only.rank == 0:
+        log.warning(
+            "optim.warmup_steps (%d) is not shorter than trainer.max_steps (%d): warming up over %d steps instead "
+            "(a tenth of the run)",
+            run.optim.warmup_steps,
+            run.max_steps,
+            shorter,
+        )
+    run.optim.warmup_steps = shorter
+
+
 def check_data_file(data: TextFileConfig) -> None:
     """A file too small for one validation window, found from its size alone (a token is at least one byte)."""
     path = Path(data.path).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"data.path: {data.path} is a directory, not a text file")
     if not path.is_file():
         raise ConfigError(f"data.path: file not found: {data.path}")
     size = path.stat().st_size  # an empty file is left to the reader, which says so
     if 0 < size and size * data.val_fraction < data.block_size + 1:
         raise ConfigError(
             f"data.path: {path} has {size} bytes, so its {data.val_fraction:g} validation split has "
-            f"fewer than data.block_size + 1 = {data.block_size + 1} tokens"
+            f"fewer than data.block_size + 1 = {data.block_size + 1} tokens (data.block_size follows "
+            "model.block_size unless set)"
         )
+
+
+def check_prompts(prompts: dict[str, str], tokenizer) -> None:
+    """Every sample prompt in the data's vocabulary, checked as soon as the tokenizer exists: the text sampler draws
+    at the first validation, and a prompt it cannot encode would end the run there, its steps lost."""
+    for key, prompt in prompts.items():
+        missing = [c for c in sorted(set(prompt)) if not encodes(tokenizer, c)]
+        if missing:
+            also = " (and callbacks.text_sampler.prompt, which interpolates it)" if key == "sample.prompt" else ""
+            raise ConfigError(
+                f"{key}{also}: characters the data's vocabulary lacks: {''.join(missing)!r}; "
+                f"set {key} to text made of the data's characters"
+            )
+
+
+def encodes(tokenizer, text: str) -> bool:
+    try:
+        tokenizer.encode(text)
+    except GptlabError:
+        return False
+    return True
 
 
 PRECISIONS = {
@@ -140,9 +222,27 @@ def check_trainer(trainer: DictConfig) -> int:
         raise ConfigError(f"trainer.precision: {precision} needs a GPU; on the CPU use bf16-mixed or 32-true")
     for key in ("accumulate_grad_batches", "log_every_n_steps"):
         value = trainer.get(key, 1)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not whole(value) or value < 1:
             raise ConfigError(f"trainer.{key} must be a positive integer, got {value!r}")
     clip = trainer.get("gradient_clip_val")
-    if clip is not None and (not isinstance(clip, (int, float)) or clip < 0):
-        raise ConfigError(f"trainer.gradient_clip_val must be >= 0 or null, got {clip!r}")
+    number = isinstance(clip, int | float) and not isinstance(clip, bool)
+    if clip is not None and (not number or not 0 <= clip < math.inf):  # NaN fails the comparison too
+        raise ConfigError(f"trainer.gradient_clip_val must be a finite number >= 0 or null (no clipping), got {clip!r}")
+    check_val_interval(trainer)
     return devices * nodes
+
+
+def check_val_interval(trainer: DictConfig) -> None:
+    """trainer.val_check_interval counts batches (micro-batches): a whole number of accumulation windows, so that
+    validation and its checkpoints fall on optimizer steps, where a resumed run continues exactly."""
+    interval = trainer.get("val_check_interval", 1.0)
+    if trainer.get("check_val_every_n_epoch") is not None and isinstance(interval, float) and 0 < interval <= 1:
+        return  # a fraction of each epoch, with validation every n epochs (debug=overfit)
+    if not whole(interval) or interval <= 0:
+        raise ConfigError(f"trainer.val_check_interval must be a positive whole number of batches, got {interval!r}")
+    accumulate = trainer.get("accumulate_grad_batches", 1)
+    if interval % accumulate:
+        raise ConfigError(
+            f"trainer.val_check_interval ({interval}) must be a multiple of trainer.accumulate_grad_batches "
+            f"({accumulate}): it counts batches, and validation and checkpoints must fall on optimizer steps"
+        )
