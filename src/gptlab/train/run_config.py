@@ -154,8 +154,10 @@ def check_data_file(data: TextFileConfig) -> None:
         raise ConfigError(f"data.path: {data.path} is a directory, not a text file")
     if not path.is_file():
         raise ConfigError(f"data.path: file not found: {data.path}")
-    size = path.stat().st_size  # an empty file is left to the reader, which says so
-    if 0 < size and size * data.val_fraction < data.block_size + 1:
+    size = path.stat().st_size
+    if size == 0:
+        raise ConfigError(f"data.path: {path} is empty")
+    if size * data.val_fraction < data.block_size + 1:
         raise ConfigError(
             f"data.path: {path} has {size} bytes, so its {data.val_fraction:g} validation split has "
             f"fewer than data.block_size + 1 = {data.block_size + 1} tokens (data.block_size follows "
