@@ -2,6 +2,7 @@
 PY := $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 DATA ?= ../shared/data/tinyshakespeare/input.txt
 ARGS ?=
+PORT ?= 6006
 # the newest run folder that holds a checkpoint (a run stopped before its first save, or another command's folder,
 # holds none); folder names are start times, so the last in sorted order is the newest
 CKPT ?= $(lastword $(sort $(patsubst %/checkpoints/,%,$(dir $(wildcard logs/runs/*/checkpoints/*.ckpt)))))
@@ -41,8 +42,9 @@ search:  ## Optuna over lr x warmup x width for gpt_small (hparams_search=gpt_sm
 report:  ## summary.md/csv/png of a sweep (SWEEP=logs/multiruns/<time>; default: the newest)
 	$(PY) src/report.py $(or $(SWEEP),$(lastword $(sort $(wildcard logs/multiruns/*/))))
 
-tb:  ## TensorBoard over every run in logs/
-	$(PY) -m tensorboard.main --logdir logs
+tb:  ## TensorBoard over every run in logs/, on http://127.0.0.1:$(PORT) (PORT=6006 by default)
+	@echo "TensorBoard on http://127.0.0.1:$(PORT)  (Ctrl-C stops)"
+	$(PY) -m tensorboard.main --logdir logs --host 127.0.0.1 --port $(PORT)
 
 generate:  ## sample from a trained model (CKPT=run folder or .ckpt, default the newest run; ARGS=prompt=... etc.)
 	$(PY) src/generate.py ckpt_path=$(CKPT) $(ARGS)

@@ -22,6 +22,12 @@ def test_every_model_and_trainer_preset_validates(model, trainer, tmp_path, shak
         with pytest.raises(ConfigError, match="trainer.accelerator: 'gpu' asked for, but this machine has no GPU"):
             validate(cfg)
         return
+    if trainer == "mps" and not torch.backends.mps.is_available():
+        with pytest.raises(
+            ConfigError, match="trainer.accelerator: 'mps' asked for, but this machine has no Apple GPU"
+        ):
+            validate(cfg)
+        return
     run = validate(cfg)
     assert run.model.n_embd % run.model.n_head == 0
     assert run.data.block_size == run.model.block_size

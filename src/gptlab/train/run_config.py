@@ -208,6 +208,8 @@ def check_trainer(trainer: DictConfig) -> int:
     gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(f"trainer.accelerator: {accelerator!r} asked for, but this machine has no GPU")
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.accelerator: 'mps' asked for, but this machine has no Apple GPU (MPS)")
     devices = trainer.get("devices", 1)
     available = torch.cuda.device_count() if gpu else len(os.sched_getaffinity(0))
     if devices in ("auto", -1):
