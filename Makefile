@@ -1,6 +1,8 @@
 # Every command a user runs. `make help` lists them.
 PY := $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
-DATA ?= ../shared/data/tinyshakespeare/input.txt
+# a copy of tinyshakespeare of your own; unset: the copy gptlab ships (data.embedded)
+DATA ?= $(TINYSHAKESPEARE_PATH)
+DATA_PATH := $(if $(DATA),data.path=$(DATA))
 ARGS ?=
 PORT ?= 6006
 # the newest run folder that holds a checkpoint (a run stopped before its first save, or another command's folder,
@@ -18,8 +20,8 @@ help:  ## list the targets
 install:  ## a virtual environment in .venv with gptlab, its dependencies and the dev tools (CPU torch here)
 	python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 -e ".[dev]"
 
-train:  ## train gpt_small on tinyshakespeare (DATA=path to input.txt, ARGS=more overrides)
-	$(PY) src/train.py model=gpt_small data=tinyshakespeare data.path=$(DATA) $(ARGS)
+train:  ## train gpt_small on tinyshakespeare (the shipped copy; DATA=your own input.txt; ARGS=more overrides)
+	$(PY) src/train.py model=gpt_small data=tinyshakespeare $(DATA_PATH) $(ARGS)
 
 prepare:  ## pre-tokenize a streamed dataset into a memory-mapped token cache (ARGS: data=openwebtext, ...)
 	$(PY) src/prepare.py $(ARGS)
@@ -28,16 +30,16 @@ resume:  ## continue a stopped run in its own folder: make resume RUN=logs/runs/
 	$(PY) src/train.py resume=$(RUN) $(ARGS)
 
 sweep:  ## a three-run depth sweep, each run in its own folder under logs/multiruns
-	$(PY) src/train.py -m model.n_layer=2,4,8 data.path=$(DATA) $(ARGS)
+	$(PY) src/train.py -m model.n_layer=2,4,8 $(DATA_PATH) $(ARGS)
 
 bench:  ## Lightning vs a plain loop, fp32 vs bf16-mixed, interleaved; table + JSON in bench/results (ARGS=flags)
-	$(PY) bench/train.py --data $(DATA) $(ARGS)
+	$(PY) bench/train.py $(if $(DATA),--data $(DATA)) $(ARGS)
 
 speedrun:  ## the fastest recipe here to val/loss <= 1.88 on char-level tinyshakespeare (ARGS=more overrides)
-	$(PY) src/train.py experiment=speedrun_char data.path=$(DATA) $(ARGS)
+	$(PY) src/train.py experiment=speedrun_char $(DATA_PATH) $(ARGS)
 
 search:  ## Optuna over lr x warmup x width for gpt_small (hparams_search=gpt_small_optuna, 20 trials)
-	$(PY) src/train.py hparams_search=gpt_small_optuna data.path=$(DATA) $(ARGS)
+	$(PY) src/train.py hparams_search=gpt_small_optuna $(DATA_PATH) $(ARGS)
 
 report:  ## summary.md/csv/png of a sweep (SWEEP=logs/multiruns/<time>; default: the newest)
 	$(PY) src/report.py $(or $(SWEEP),$(lastword $(sort $(wildcard logs/multiruns/*/))))
@@ -59,7 +61,7 @@ bench-serve:  ## load check: a few hundred mixed requests, 8 clients, against a 
 	$(PY) bench/serve_load.py $(ARGS)
 
 evaluate:  ## loss, perplexity, bits/char on the validation split (CKPT=run folder or .ckpt, default the newest run)
-	$(PY) src/evaluate.py ckpt_path=$(CKPT) data.path=$(DATA) $(ARGS)
+	$(PY) src/evaluate.py ckpt_path=$(CKPT) $(DATA_PATH) $(ARGS)
 
 export:  ## a run's weights as a Hugging Face GPT-2 folder (CKPT=..., OUT=folder, default $(CKPT)/hf)
 	$(PY) src/export.py ckpt_path=$(CKPT) out_dir=$(OUT) $(ARGS)

@@ -48,7 +48,14 @@ def test_a_refused_resume_leaves_the_run_as_it_was_and_the_next_resume_works(tmp
 def test_a_failed_download_refuses_the_run_before_its_folder_exists(tmp_path):
     run = tmp_path / "new"
     url = "http://127.0.0.1:9/input.txt"  # nothing listens on the discard port: refused at once, offline or not
-    argv = [*QUICK, "data.path=null", f"data.url={url}", f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={run}"]
+    argv = [
+        *QUICK,
+        "data.path=null",
+        "data.embedded=null",
+        f"data.url={url}",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"hydra.run.dir={run}",
+    ]
     result = run_cli("train.py", *argv)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: data.url: cannot download {url}")

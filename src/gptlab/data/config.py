@@ -50,8 +50,9 @@ class DataConfig:
 class TextFileConfig(DataConfig):
     """One UTF-8 text file, read whole: split into its first and last part for training and validation."""
 
-    path: str | None = None  # a local copy; wins over url
-    url: str | None = None
+    path: str | None = None  # a local copy; wins over the others
+    embedded: str | None = None  # a corpus shipped inside gptlab (tinyshakespeare), used when path is unset
+    url: str | None = None  # downloaded once into cache_dir when neither path nor embedded is set
     sha256: str | None = None
     val_fraction: float = 0.1
 

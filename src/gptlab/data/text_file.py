@@ -26,13 +26,13 @@ class TextFileDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         c = self.config
-        locate(c.path, c.url, c.sha256, c.cache_dir)  # downloads once, on one process
+        locate(c.path, c.url, c.sha256, c.cache_dir, c.embedded)  # downloads once, on one process
 
     def setup(self, stage: str | None = None) -> None:
         if self.val_tokens is not None:
             return
         c = self.config
-        path = locate(c.path, c.url, c.sha256, c.cache_dir)
+        path = locate(c.path, c.url, c.sha256, c.cache_dir, c.embedded)
         text = read_text(path)
         self.tokenizer = self.tokenizer or make_tokenizer(c.tokenizer, text)
         try:

@@ -36,7 +36,7 @@ class Preflight(Callback):
             refuse_occupied(folder, config.get("ckpt_path"))
             run = validate(config)
             if isinstance(run.data, TextFileConfig):  # a download that fails (offline, bad sha256) refuses the run
-                locate(run.data.path, run.data.url, run.data.sha256, run.data.cache_dir)
+                locate(run.data.path, run.data.url, run.data.sha256, run.data.cache_dir, run.data.embedded)
             if run.ckpt_path:
                 check_fits(resume_from(run.ckpt_path)[1], "ckpt_path", run.model)
             claim(folder)
