@@ -43,7 +43,7 @@ def runs(tmp_path):
     "target, command",
     [
         ("generate", "src/generate.py ckpt_path={run} "),
-        ("evaluate", "src/evaluate.py ckpt_path={run} data.path="),
+        ("evaluate", "src/evaluate.py ckpt_path={run}"),
         ("serve", "src/serve.py ckpt_path={run} "),
         ("export", "src/export.py ckpt_path={run} out_dir={run}/hf "),
     ],
