@@ -56,6 +56,7 @@ FREE = {  # not numeric or enumerated: text, paths, and lists with their own tes
     "data.cache_dir",
     "data.path",
     "data.url",
+    "data.embedded",  # test_embedded_data.py
     "data.sha256",
     "sample.prompt",
     "sample.stop",  # test_model.py
