@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 from gptlab.checkpoints.pretrained import read_checkpoint
@@ -11,17 +12,19 @@ from gptlab.errors import GptlabError
 log = logging.getLogger(__name__)
 
 
-def resume_checkpoint(path: str | Path) -> tuple[Path, dict]:
+def resume_checkpoint(path: str | Path, lazy: bool = False) -> tuple[Path, dict]:
     """The checkpoint to resume from, read: a file as named, or a run folder's readable one with the highest step.
 
     File times say nothing here: `cp -r` or a restore from a backup gives them in copy order. Ties go to last.ckpt,
     which holds the full training state. A named file that cannot be read is an error; in a run folder, an
     unreadable checkpoint (a torn disk, a copy cut short) is skipped with a warning naming it. Nothing in the folder
     is changed: it may be another run's, saving right now (a run clears its own stray files: Interruptions).
+    `lazy` memory-maps the tensors: a look at the config reads the file's index only.
     """
+    read = partial(read_checkpoint, lazy=True) if lazy else read_checkpoint
     path = Path(path).expanduser()
     if path.is_file():
-        return path, read_checkpoint(path)
+        return path, read(path)
     folder = path / "checkpoints"
     candidates = sorted(folder.glob("*.ckpt"))
     if not candidates:
@@ -29,7 +32,7 @@ def resume_checkpoint(path: str | Path) -> tuple[Path, dict]:
     steps = readable_steps(candidates)
     for candidate in sorted(steps, key=lambda p: (steps[p], p.name == "last.ckpt"), reverse=True):
         try:
-            ckpt = read_checkpoint(candidate)
+            ckpt = read(candidate)
         except GptlabError as e:  # its index read, but not its tensors
             log.warning("skipping unreadable checkpoint: %s", e)
             del steps[candidate]

@@ -140,9 +140,10 @@ def pretrained_start(run: RunConfig) -> Pretrained | None:
     return init
 
 
-def resume_from(ckpt_path: str | None) -> tuple[Path | None, Pretrained | None]:
-    """The checkpoint file a resumed run continues from, and what it holds (to check before any weight loads)."""
+def resume_from(ckpt_path: str | None, lazy: bool = False) -> tuple[Path | None, Pretrained | None]:
+    """The checkpoint file a resumed run continues from, and what it holds (to check before any weight loads);
+    `lazy`: its tensors memory-mapped, for a look at its config only."""
     if not ckpt_path:
         return None, None
-    ckpt_file, ckpt = resume_checkpoint(ckpt_path)
+    ckpt_file, ckpt = resume_checkpoint(ckpt_path, lazy)
     return ckpt_file, from_checkpoint(ckpt, ckpt_file, "ckpt_path")
