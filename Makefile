@@ -10,7 +10,7 @@ PORT ?= 6006
 CKPT ?= $(lastword $(sort $(patsubst %/checkpoints/,%,$(dir $(wildcard logs/runs/*/checkpoints/*.ckpt)))))
 OUT ?= $(CKPT)/hf
 
-.PHONY: help install train resume prepare sweep search report tb generate serve evaluate export bench-generate \
+.PHONY: help install wheel train resume prepare sweep search report tb generate serve evaluate export bench-generate \
 	bench-serve bench-data bench bench-nan-guard bench-muon bench-adamw bench-startup speedrun test test-slow \
 	test-all lint clean
 
@@ -22,6 +22,9 @@ install:  ## a virtual environment in .venv with gptlab, its dependencies and th
 
 train:  ## train gpt_small on tinyshakespeare (the shipped copy; DATA=your own input.txt; ARGS=more overrides)
 	$(PY) src/train.py model=gpt_small data=tinyshakespeare $(DATA_PATH) $(ARGS)
+
+wheel:  ## build gptlab's wheel into dist/ (configs and console scripts inside: pip install dist/gptlab-*.whl anywhere)
+	$(PY) -m pip wheel --no-deps --no-build-isolation -w dist .
 
 prepare:  ## pre-tokenize a streamed dataset into a memory-mapped token cache (ARGS: data=openwebtext, ...)
 	$(PY) src/prepare.py $(ARGS)
@@ -44,7 +47,7 @@ search:  ## Optuna over lr x warmup x width for gpt_small (hparams_search=gpt_sm
 report:  ## summary.md/csv/png of a sweep (SWEEP=logs/multiruns/<time>; default: the newest)
 	$(PY) src/report.py $(or $(SWEEP),$(lastword $(sort $(wildcard logs/multiruns/*/))))
 
-tb:  ## TensorBoard over every run in logs/, on http://127.0.0.1:$(PORT) (PORT=6006 by default)
+tb:  ## TensorBoard over every run in logs/, on http://127.0.0.1:PORT (PORT=6006 by default)
 	@echo "TensorBoard on http://127.0.0.1:$(PORT)  (Ctrl-C stops)"
 	$(PY) -m tensorboard.main --logdir logs --host 127.0.0.1 --port $(PORT)
 
@@ -79,7 +82,7 @@ lint:  ## ruff
 	$(PY) -m ruff check src tests bench && $(PY) -m ruff format --check src tests bench
 
 bench-data:  ## tokens/s the streamed DataModule delivers (0, 1, 2 workers; token cache) vs gpt_small training
-	$(PY) bench/data.py $(ARGS)
+	$(PY) bench/data.py $(if $(DATA),--corpus $(DATA)) $(ARGS)
 
 bench-muon:  ## Muon's optimizer step: torch.optim.Muon vs gptlab's BatchedMuon, per shape
 	$(PY) bench/muon.py $(ARGS)
@@ -93,6 +96,6 @@ bench-startup:  ## a command's imports and its exit, with and without the heap f
 bench-nan-guard:  ## what the non-finite loss/gradient guard costs per optimizer step (gpt_small, CPU)
 	$(PY) bench/nan_guard.py $(ARGS)
 
-clean:  ## remove caches (never logs/: runs are yours to delete)
-	rm -rf .pytest_cache .ruff_cache src/*.egg-info
+clean:  ## remove caches and built wheels (never logs/: runs are yours to delete)
+	rm -rf .pytest_cache .ruff_cache src/*.egg-info dist build
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -24,6 +24,7 @@ import torch
 from gptlab.data.bpe import GPT2Tokenizer
 from gptlab.data.config import StreamConfig
 from gptlab.data.streaming import StreamDataModule
+from gptlab.data.text_source import unpacked
 from gptlab.data.token_cache import prepare
 from gptlab.model.gpt import GPT, GPTConfig
 
@@ -69,9 +70,15 @@ def training_rate(steps: int) -> float:
     return steps * x.numel() / (time.perf_counter() - start)
 
 
+def corpus(path: str | None) -> Path:
+    if path := path or os.environ.get("TINYSHAKESPEARE_PATH"):
+        return Path(path)
+    return unpacked("tinyshakespeare", None, ROOT / "data" / "tinyshakespeare")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", default=str(ROOT.parent / "shared/data/tinyshakespeare/input.txt"))
+    parser.add_argument("--corpus", help="a text file (default: $TINYSHAKESPEARE_PATH, else the shipped one)")
     parser.add_argument("--copies", type=int, default=4)
     parser.add_argument("--batches", type=int, default=300)  # 600k tokens: several chunks of 1000 windows
     parser.add_argument("--steps", type=int, default=5)
@@ -79,7 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = write_corpus(Path(args.corpus).read_text(), args.copies, Path(tmp) / "shards")
+        folder = write_corpus(corpus(args.corpus).read_text(), args.copies, Path(tmp) / "shards")
         base = dict(files=[str(folder)], block_size=BLOCK, batch_size=BATCH, val_tokens=20_000)
         stream = lambda **kw: StreamConfig(**base, cache_dir=str(Path(tmp) / "stream"), **kw)  # noqa: E731
         cached = StreamConfig(**base, cache_dir=str(Path(tmp) / "cached"))

@@ -174,7 +174,7 @@ def solo_rss(overrides: list[str], steps: int) -> dict[str, int]:
 def measure(name: str, precisions: list[str], args) -> list[dict]:
     """One row per precision: a short solo run of each path for memory, then the interleaved rounds."""
     steps = args.warmup + args.steps + 1  # +1: the first plain step's end only starts Lightning's clock
-    common = [*SHAPES[name], f"data.path={args.data}", *args.set]
+    common = [*SHAPES[name], *([f"data.path={args.data}"] if args.data else []), *args.set]
     common += [f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "+trainer.limit_val_batches=1"]
     common += ["optim.warmup_steps=0", "optim.seq_len_warmup=null"]  # every step the full windows
     common += ["sample.max_new_tokens=1", "callbacks.text_sampler.max_new_tokens=1"]
@@ -270,7 +270,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per round (10.7M, gpt2 on a CPU: 1/6)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of every round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved runs per row (10.7M, gpt2 on a CPU: one)")
-    parser.add_argument("--data", default=str(ROOT.parent / "shared/data/tinyshakespeare/input.txt"))
+    parser.add_argument("--data", help="tinyshakespeare (default: $TINYSHAKESPEARE_PATH, else the shipped copy)")
     parser.add_argument("--set", nargs="*", default=[], help="more Hydra overrides, e.g. trainer=gpu compile=true")
     parser.add_argument("--out", default=str(ROOT / "bench/results"))
     args = parser.parse_args()

@@ -1,22 +1,12 @@
 """Evaluate trained weights: `python src/evaluate.py ckpt_path=<run folder or .ckpt> data=tinyshakespeare`.
 
 Prints loss, perplexity, bits per token, character and byte, and the number of tokens predicted, for the data's
-validation split or for a whole `text_file=...` (see conf/evaluate.yaml and gptlab/evaluation/perplexity.py).
+validation split or for a whole `text_file=...` (see conf/evaluate.yaml).
+
+The installed console script `gptlab-evaluate` is the same command; its code is gptlab.commands.evaluate.
 """
 
-import hydra
-from omegaconf import DictConfig
-
-from gptlab.cli import exit_on_user_error, run
-from gptlab.evaluation.perplexity import evaluate
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    with exit_on_user_error():
-        scores = evaluate(cfg)
-        print(scores.to_json() if cfg.format == "json" else scores.to_text(), flush=True)
-
+from gptlab.commands.evaluate import cli
 
 if __name__ == "__main__":
-    run(main)
+    cli()

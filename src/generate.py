@@ -2,40 +2,11 @@
 
 The prompt and then each token are printed to stdout as they are produced; samples are separated by a line of
 dashes. See conf/generate.yaml for every key.
+
+The installed console script `gptlab-generate` is the same command; its code is gptlab.commands.generate.
 """
 
-import sys
-
-import hydra
-import torch
-from omegaconf import DictConfig
-
-from gptlab.checkpoints.pretrained import load_trained
-from gptlab.cli import exit_on_user_error, run
-from gptlab.config.typed import typed
-from gptlab.model.text_stream import GenerateConfig, TextStream, encode_prompt
-
-SEPARATOR = "\n---------------"
-
-
-def generate(cfg: DictConfig) -> None:
-    config: GenerateConfig = typed(cfg, None, GenerateConfig)
-    prompt = config.read_prompt()
-    model, tokenizer = load_trained(config.ckpt_path, device=torch.device(config.device))
-    prompt_ids = encode_prompt(tokenizer, prompt)
-    for sample in range(config.num_samples):
-        sys.stdout.write(prompt)
-        for piece in TextStream(model, tokenizer, prompt_ids, config.params(sample), config.kv_cache):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        print(SEPARATOR, flush=True)
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="generate")
-def main(cfg: DictConfig) -> None:
-    with exit_on_user_error():
-        generate(cfg)
-
+from gptlab.commands.generate import cli
 
 if __name__ == "__main__":
-    run(main)
+    cli()

@@ -1,22 +1,11 @@
 """Train a GPT: `python src/train.py model=gpt_small data=tinyshakespeare` (see conf/train.yaml).
 
 `python src/train.py resume=<run folder>` continues a run in its own folder (see gptlab.config.argv).
+
+The installed console script `gptlab-train` is the same command; its code is gptlab.commands.train.
 """
 
-import hydra
-from omegaconf import DictConfig
-
-from gptlab.cli import exit_on_user_error, run
-from gptlab.config.argv import prepare_argv
-from gptlab.sweeps.ddp_jobs import sweep_job
-from gptlab.train.run import train
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    with exit_on_user_error(), sweep_job():
-        return train(cfg)
-
+from gptlab.commands.train import cli
 
 if __name__ == "__main__":
-    run(main, prepare_argv)
+    cli()

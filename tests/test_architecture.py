@@ -25,6 +25,8 @@ ALLOWED = {
     "sweeps": {"errors", "compat"},
     "schemas": {"errors", "config", "model", "data", "train"},
     "cli": {"errors", "config", "schemas"},
+    "commands": {"errors", "compat", "config", "model", "data", "interop", "checkpoints", "train", "evaluation"}
+    | {"serve", "sweeps", "schemas", "cli"},
 }
 
 

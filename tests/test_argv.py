@@ -6,7 +6,7 @@ import pytest
 from hydra._internal.utils import get_args_parser
 
 from conftest import run_cli
-from gptlab.config.argv import OPTIONAL_VALUE_FLAGS, VALUE_FLAGS, prepare_argv
+from gptlab.config.argv import OPTIONAL_VALUE_FLAGS, VALUE_FLAGS, prepare_argv, this_command
 
 
 @pytest.fixture
@@ -70,3 +70,12 @@ def test_resume_with_cfg_job_prints_the_resumed_config(run):
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"ckpt_path: {run}\n" in result.stdout and "max_steps: 20\n" in result.stdout
     assert sorted(p.name for p in run.rglob("*")) == [".hydra", "checkpoints", "last.ckpt", "overrides.yaml"]
+
+
+@pytest.mark.parametrize(
+    "argv0, command",
+    [("src/train.py", "python src/train.py"), ("/venv/bin/gptlab-train", "gptlab-train")],
+)
+def test_hints_repeat_the_command_the_user_ran(monkeypatch, argv0, command):
+    monkeypatch.setattr("sys.argv", [argv0, "model=gpt_nano"])
+    assert this_command() == command

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from gptlab.checkpoints.atomic_io import AtomicCheckpointIO, remove_stray_temps
 from gptlab.compat import accumulating, one_optimizer_step_back
+from gptlab.config.argv import this_command
 from gptlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -110,10 +111,11 @@ class Interruptions(L.Callback):
             return
         why = f"signal {signal.Signals(self.status - 128).name}" if self.status else "reliability.stop_at_step"
         log.warning(
-            "stopped by %s after step %d; checkpoint %s; continue with: python src/train.py resume=%s",
+            "stopped by %s after step %d; checkpoint %s; continue with: %s resume=%s",
             why if self.status else f"{why}={self.stop_at_step}",
             self.step,
             self.path,
+            this_command(),
             self.path.parent.parent,
         )
         raise Stopped(self.status)

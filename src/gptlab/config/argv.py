@@ -9,6 +9,7 @@ kept, with their values. A later process of a torchrun or srun launch is kept fr
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import yaml
@@ -25,6 +26,12 @@ VALUE_FLAGS = frozenset(
 )
 INFO_TOPICS = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
 OPTIONAL_VALUE_FLAGS = {"--info": INFO_TOPICS, "-i": INFO_TOPICS}
+
+
+def this_command() -> str:
+    """How this process was started, for hints that repeat it: `gptlab-train` or `python src/train.py`."""
+    name = Path(sys.argv[0]).name
+    return name if name.startswith("gptlab-") else f"python {sys.argv[0]}"
 
 
 def prepare_argv(argv: list[str]) -> list[str]:
