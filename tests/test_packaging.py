@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import setuptools
 import tomllib
+import yaml
 
-from conftest import ROOT
+from conftest import ROOT, run_cli
 from gptlab.commands import config_dir
 
 COMMANDS = ["train", "generate", "evaluate", "serve", "export", "prepare", "report"]
@@ -132,3 +133,14 @@ def test_the_wheel_trains_and_generates_from_an_empty_folder(tmp_path, shakespea
     assert generate.returncode == 0, generate.stderr[-3000:]
     sample = generate.stdout.split("\n---------------")[0]
     assert sample.startswith("ROMEO:") and len(sample) == len("ROMEO:") + 20  # one character per token
+
+
+def test_a_users_own_config_folder_adds_options_beside_the_shipped_ones(tmp_path):
+    (tmp_path / "my_conf" / "model").mkdir(parents=True)
+    (tmp_path / "my_conf" / "model" / "tiny3.yaml").write_text(
+        "defaults:\n  - base\n  - _self_\nn_layer: 3\nn_head: 2\nn_embd: 24\nblock_size: 32\n"
+    )
+    result = run_cli("train.py", "--config-dir", "my_conf", "model=tiny3", "optim=muon", "--cfg", "job", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    job = yaml.safe_load(result.stdout)
+    assert (job["model"]["n_layer"], job["model"]["n_embd"], job["optim"]["name"]) == (3, 24, "muon")
