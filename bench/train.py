@@ -42,7 +42,7 @@ from gptlab.train.run_config import validate
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {  # name -> overrides; batch sizes as each recipe trains them
     "gpt_nano": ["model=gpt_nano", "data.batch_size=16"],  # for the test of this script
-    # the README's figures' shape (experiment=gpt_small_default); the preset's context is 512 since they were taken
+    # docs/performance.md's figures' shape (experiment=gpt_small_default); the preset's context is 512 since then
     "gpt_small": ["model=gpt_small", "model.block_size=128", "data.batch_size=16"],
     "nanogpt_cpu": ["model=gpt_small", "model.block_size=64", "model.bias=false", "data.batch_size=12"],
     "10.7M": ["model=gpt_small", "model.n_layer=6", "model.n_head=6", "model.n_embd=384", "model.block_size=256"]
@@ -287,7 +287,7 @@ def main() -> None:
     rows = []
     for name in args.shapes.split(","):
         shape_args = argparse.Namespace(**vars(args))
-        if name in BIG and device == "cpu":  # seconds per step: fewer (too few to settle 3%; the README says so)
+        if name in BIG and device == "cpu":  # seconds a step: fewer (too few to settle 3%; docs/performance.md says so)
             shape_args.steps, shape_args.warmup = max(2, args.steps // 6), min(args.warmup, 1)
             shape_args.rounds = 1
         rows += (new := measure(name, args.precisions.split(","), shape_args))
