@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -67,6 +68,21 @@ FAST = [
     "callbacks.text_sampler.max_new_tokens=20",
     "data.batch_size=16",
 ]
+
+
+class Terminal(io.StringIO):
+    """stderr as a terminal: what a bar draws, kept."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def on_terminal(monkeypatch, screen: io.StringIO | None = None) -> io.StringIO:
+    """stderr replaced for the rest of the test (in its body: pytest puts its own capture back between a fixture's
+    setup and the test)."""
+    screen = Terminal() if screen is None else screen
+    monkeypatch.setattr(sys, "stderr", screen)
+    return screen
 
 
 def run_cli(

@@ -20,10 +20,15 @@ def snapshot(folder):
 def test_single_run_writes_its_own_folder_and_prints_a_sample(tmp_path, small_corpus):
     logs = tmp_path / "logs"
     args = [*QUICK, f"data.path={small_corpus}", f"paths.log_dir={logs}"]
-    first = run_cli("train.py", *args)
+    first = run_cli("train.py", *args, "trainer.enable_progress_bar=true")  # on, but stderr is not a terminal
     assert first.returncode == 0, first.stderr[-2000:]
-    assert "--- sample from the final model ---" in first.stdout
+    assert first.stdout.lstrip("\n").startswith("--- sample from the final model ---")  # stdout: the sample only
     [run] = (logs / "runs").iterdir()
+    # the console: where the config is, in one line, and none of it; no bar, no third-party tips or warnings
+    assert f"[gptlab.train.run][INFO] - config: {run.resolve() / 'config.yaml'}\n" in first.stderr
+    assert "seed: 1337" not in first.stderr and "n_layer:" not in first.stderr
+    assert "Tip:" not in first.stderr and "litlogger" not in first.stderr and "set_vital" not in first.stderr
+    assert "%|" not in first.stderr + first.stdout and "Validation" not in first.stderr + first.stdout
     for name in ("config.yaml", "tokenizer.json", "train.log", "checkpoints/last.ckpt", "checkpoints/best.ckpt"):
         assert (run / name).is_file(), name
     assert "final val/loss" in (run / "train.log").read_text()

@@ -1,7 +1,9 @@
 """Every private API in gptlab.compat, exercised against the installed packages: each test fails, naming the use,
 when the private it relies on changes meaning (see the docstrings in src/gptlab/compat.py)."""
 
+import logging
 import sys
+import warnings
 
 import lightning as L
 import pytest
@@ -164,3 +166,42 @@ def test_lightnings_ddp_children_rerun_the_job_in_its_folder(tmp_path):
         assert command[-5:-3] == ["model=gpt_nano", "seed=3"]
         assert f'hydra.run.dir="{tmp_path / "job"}"' in command
     assert sys.argv is argv and HydraConfig.get().run.dir == str(tmp_path / "sweep")
+
+
+def test_lightnings_tip_is_dropped_and_its_other_messages_kept(caplog):
+    logger = logging.getLogger(compat.LIGHTNING_RANK_ZERO_LOGGER)
+    saved = logger.filters[:]
+    logger.filters = [f for f in saved if not isinstance(f, compat.DropLightningTips)]
+
+    def trainer_messages() -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger=compat.LIGHTNING_RANK_ZERO_LOGGER):
+            L.Trainer(accelerator="cpu", enable_progress_bar=False, enable_model_summary=False)
+        return [r.getMessage() for r in caplog.records if r.name == compat.LIGHTNING_RANK_ZERO_LOGGER]
+
+    try:
+        before = trainer_messages()
+        tips = [m for m in before if m.startswith(compat.LIGHTNING_TIP_PREFIX)]
+        assert tips and "litlogger" in tips[0]  # Lightning still advertises here: else drop the filter
+        compat.silence_lightning_tips()
+        compat.silence_lightning_tips()  # once per process however often a run starts
+        assert sum(isinstance(f, compat.DropLightningTips) for f in logger.filters) == 1
+        assert trainer_messages() == [m for m in before if m not in tips]  # the device lines stay
+    finally:
+        logger.filters = saved
+
+
+def test_torchdatas_set_vital_warning_is_the_only_one_silenced():
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        StatefulDataLoader(list(range(4)))
+        assert any("set_vital" in str(w.message) for w in seen)  # torchdata still calls it: else drop the filter
+        compat.silence_torchdata_set_vital()
+        seen.clear()
+        StatefulDataLoader(list(range(4)))
+        warnings.warn("'set_vital' is deprecated, please do not call", UserWarning, stacklevel=1)  # elsewhere: shown
+        warnings.warn("something else", UserWarning, stacklevel=1)
+    assert [(str(w.message), w.filename) for w in seen] == [
+        ("'set_vital' is deprecated, please do not call", __file__),
+        ("something else", __file__),
+    ]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import FAST, make_config
+from conftest import FAST, make_config, on_terminal
 from gptlab.model.gpt import GPT
 from gptlab.train.module import GPTLitModule
 from gptlab.train.progress import StepProgressBar
@@ -99,6 +99,7 @@ def test_step_metrics_are_written_together_every_log_interval_and_shown_on_the_b
         return shown[-1]
 
     monkeypatch.setattr(StepProgressBar, "get_metrics", spy)
+    on_terminal(monkeypatch)  # the bar is drawn on a terminal only
     steps = ["trainer.max_steps=12", "trainer.val_check_interval=12", "trainer.log_every_n_steps=5"]
     _, out = fit(tmp_path, small_corpus, *steps, "trainer.enable_progress_bar=true")
     step_tags = ["train/loss", "train/lr", "train/grad_norm", "train/skipped_steps", "perf/step_time_ms"]

@@ -10,8 +10,10 @@ This module imports nothing at load time beyond the standard library: callers pa
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -68,6 +70,29 @@ def one_optimizer_step_back(trainer: Any) -> Iterator[None]:
         loop._batches_that_stepped += 1
 
 
+# Lightning's logger for its rank-zero messages, and how its advertisements start ("try installing litlogger",
+# "litmodels"): the same logger carries lines a user needs (a resume's checkpoint, why fit stopped), so only these go.
+LIGHTNING_RANK_ZERO_LOGGER = "lightning.pytorch.utilities.rank_zero"
+LIGHTNING_TIP_PREFIX = "\N{ELECTRIC LIGHT BULB} Tip:"
+
+
+class DropLightningTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(LIGHTNING_TIP_PREFIX)
+
+
+def silence_lightning_tips() -> None:
+    """Keep Lightning's product tips (one per Trainer, every run) off the console; its other messages stay.
+
+    Why private: the logger's name is Lightning's module path and the tip has no switch of its own; the filter
+    matches its first words. If either changes, the tip is back on the console (nothing else changes) and the test
+    that builds a Trainer fails.
+    """
+    logger = logging.getLogger(LIGHTNING_RANK_ZERO_LOGGER)
+    if not any(isinstance(f, DropLightningTips) for f in logger.filters):
+        logger.addFilter(DropLightningTips())
+
+
 # --- torch ------------------------------------------------------------------------------------------------------
 
 
@@ -115,6 +140,24 @@ def batches_given(state: dict) -> int:
     if "_snapshot" in state:  # worker processes: the last snapshot, and the batches given since
         return state["_snapshot"]["_snapshot_step"] + state["_steps_since_snapshot"]
     return state["_num_yielded"]
+
+
+# torchdata's StatefulDataLoader calls torch.set_vital, which torch deprecated, in its constructor: a warning for
+# every loader a run makes, about torchdata's code, with nothing for a user to do.
+TORCHDATA_SET_VITAL_MESSAGE = r"'set_vital' is deprecated"
+TORCHDATA_LOADER_MODULE = r"torchdata\.stateful_dataloader\.stateful_dataloader"
+
+
+def silence_torchdata_set_vital() -> None:
+    """Ignore torch's set_vital deprecation warning when torchdata's loader module gives it, and only then.
+
+    Why private: the warning's text and the module it is attributed to are torchdata's and torch's internals. If
+    either changes, the warning is back on the console (nothing else changes) and the test fails; a torchdata that
+    no longer calls set_vital makes the test fail too, so the filter is removed then.
+    """
+    warnings.filterwarnings(
+        "ignore", message=TORCHDATA_SET_VITAL_MESSAGE, category=UserWarning, module=TORCHDATA_LOADER_MODULE
+    )
 
 
 # --- Hydra (1.3) with Lightning's DDP launcher --------------------------------------------------------------------

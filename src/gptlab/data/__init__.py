@@ -4,6 +4,7 @@ Owns: tokenizers (char, GPT-2 BPE), finding and reading a corpus, the data confi
 training and validation windows, the text-file and streamed LightningDataModules, the prepared token cache,
 resumable dataloaders, and the one factory that picks the module for a config (factory.py).
 
-May import: gptlab.errors, gptlab.compat, gptlab.config, torch, Lightning, datasets, torchdata, tiktoken.
+May import: gptlab.errors, gptlab.compat, gptlab.console, gptlab.config, torch, Lightning, datasets, torchdata,
+tiktoken.
 Never gptlab.model, train, checkpoints, interop, serve.
 """

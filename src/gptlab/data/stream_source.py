@@ -70,6 +70,22 @@ def open_stream(c: StreamConfig, split: str):
     return ds.select_columns([c.text_column])
 
 
+def documents_in(c: StreamConfig, ds, split: str) -> int | None:
+    """How many documents a split holds, where that is known without reading it: a hub dataset's card, parquet
+    files' footers, one document per .txt file; None otherwise (JSON lines, a card without the count)."""
+    if not c.files:
+        info = (getattr(ds.info, "splits", None) or {}).get(split)
+        return getattr(info, "num_examples", None) or None
+    builder, files = local_data_files(c.files)
+    if builder == "text":
+        return len(files)
+    if builder == "parquet":
+        import pyarrow.parquet as pq
+
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    return None
+
+
 def first_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return lines[0] if lines else type(e).__name__

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from gptlab.console import progress_bar
 from gptlab.data.config import StreamConfig, source_key
-from gptlab.data.stream_source import held_out, open_stream, read_rows, tokenized
+from gptlab.data.stream_source import documents_in, held_out, open_stream, read_rows, tokenized
 from gptlab.errors import DataError
 
 CHUNK_TOKENS = 1 << 20  # written in pieces, so a corpus never has to fit in memory
@@ -127,8 +129,28 @@ def write_tokens(rows, path: Path, dtype: np.dtype, vocab_size: int) -> int:
     return count
 
 
-def prepare(c: StreamConfig, tokenizer) -> TokenCache:
-    """Tokenize the train split once into train.bin and the held-out set into val.bin."""
+def counted(rows: Iterable[dict], bar, every: int = 256) -> Iterator[dict]:
+    """The rows, counted on the bar (documents, and tokens after them) every `every` rows and at the end."""
+    if bar.disable:
+        yield from rows
+        return
+    docs = tokens = 0
+    for row in rows:
+        yield row
+        docs += 1
+        tokens += len(row["ids"])
+        if docs % every == 0:
+            bar.set_postfix_str(f"{tokens:,} tokens", refresh=False)
+            bar.update(every)
+    bar.set_postfix_str(f"{tokens:,} tokens", refresh=False)
+    bar.update(docs % every)
+
+
+def prepare(c: StreamConfig, tokenizer, progress: bool = True) -> TokenCache:
+    """Tokenize the train split once into train.bin and the held-out set into val.bin.
+
+    `progress`: a bar of the training documents written (with the time left where their number is known), drawn
+    only when stderr is a terminal."""
     dtype = cache_dtype(tokenizer.vocab_size)
     val, exclude = held_out(c)
     folder = cache_folder(c)
@@ -136,8 +158,12 @@ def prepare(c: StreamConfig, tokenizer) -> TokenCache:
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(parents=True)
     try:
-        rows = read_rows(tokenized(open_stream(c, c.train_split), c, tokenizer, exclude), c, "train")
-        n_train = write_tokens(rows, building / "train.bin", dtype, tokenizer.vocab_size)
+        train = open_stream(c, c.train_split)
+        total = documents_in(c, train, c.train_split)
+        total = None if total is None else max(total - len(exclude), 0)  # held-out documents are not written
+        with progress_bar(total, "tokenizing", "doc", progress) as bar:
+            rows = counted(read_rows(tokenized(train, c, tokenizer, exclude), c, "train"), bar)
+            n_train = write_tokens(rows, building / "train.bin", dtype, tokenizer.vocab_size)
         if n_train < c.block_size + 1:
             raise DataError(
                 f"data: the training documents of {c.where()} hold {n_train} tokens, fewer than "

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from gptlab.checkpoints.compatibility import check_fits
 from gptlab.checkpoints.pretrained import load_pretrained
 from gptlab.config.typed import typed, typed_top
+from gptlab.console import progress_bar
 from gptlab.data.factory import data_config, make_datamodule
 from gptlab.data.text_source import read_text
 from gptlab.data.windows import validation_windows
@@ -39,6 +40,7 @@ class EvalConfig:
     block_size: int | None = None
     device: str = "cpu"
     format: str = "text"
+    progress: bool = True  # a bar on stderr, drawn only when stderr is a terminal
 
     def __post_init__(self) -> None:
         if not self.ckpt_path:
@@ -101,16 +103,22 @@ class Scores:
 
 
 @torch.inference_mode()
-def total_nats(model: GPT, loader: DataLoader, device: torch.device) -> tuple[float, int]:
-    """(sum of the cross-entropies in nats, number of predicted tokens); targets of -1 are not predicted."""
+def total_nats(model: GPT, loader: DataLoader, device: torch.device, progress: bool = False) -> tuple[float, int]:
+    """(sum of the cross-entropies in nats, number of predicted tokens); targets of -1 are not predicted.
+
+    `progress`: a bar of batches with the loss so far (drawn only when stderr is a terminal)."""
     nats = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        logits, _ = model(x)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-1, reduction="sum")
-        nats += loss.double()
-        count += int((y != -1).sum())
+    with progress_bar(len(loader), "evaluating", "batch", progress) as bar:
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            logits, _ = model(x)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-1, reduction="sum")
+            nats += loss.double()
+            count += int((y != -1).sum())  # a sync already: reading the running loss costs nothing more
+            if not bar.disable:
+                bar.set_postfix(loss=f"{float(nats) / max(count, 1):.4f}", refresh=False)
+                bar.update()
     return float(nats), count
 
 
@@ -150,7 +158,7 @@ def evaluate(cfg: DictConfig) -> Scores:
         block, what = data.block_size, f"the validation split of data={data.name} ({len(tokens):,} tokens)"
     if block > weights.config.block_size:
         raise ConfigError(f"block_size ({block}) exceeds the model's block_size ({weights.config.block_size})")
-    nats, count = total_nats(weights.model().to(device).eval(), loader, device)
+    nats, count = total_nats(weights.model().to(device).eval(), loader, device, run.progress)
     chars, size = text_size(tokenizer, tokens[1:].tolist())
     return Scores(str(weights.source), what, block, count, nats, chars, size)
 

@@ -4,6 +4,7 @@ Owns: the run's validated config (run_config.py), the run itself (run.py), the L
 optimizers and schedules (optim.py, muon.py), callbacks and the progress bar, TensorBoard extras, the non-finite
 guard, precision, FLOPs and MFU, and process-level settings (host memory, the profiler stand-in).
 
-May import: every package below it (errors, compat, config, model, data, interop, checkpoints), Lightning, Hydra.
+May import: every package below it (errors, compat, console, config, model, data, interop, checkpoints), Lightning,
+Hydra.
 Never gptlab.serve, evaluation, sweeps.
 """

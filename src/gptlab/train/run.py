@@ -19,6 +19,7 @@ from gptlab.checkpoints.interruptions import Interruptions, plugins
 from gptlab.checkpoints.pretrained import Pretrained, from_checkpoint, load_pretrained
 from gptlab.checkpoints.resume import resume_checkpoint
 from gptlab.checkpoints.rng_state import RNGState
+from gptlab.compat import silence_lightning_tips, silence_torchdata_set_vital
 from gptlab.data.factory import make_datamodule
 from gptlab.model.sampling import SampleConfig
 from gptlab.model.text_stream import sample_text
@@ -42,6 +43,8 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
     `extra_callbacks` join the configured ones (bench/train.py times steps through one).
     """
     run = validate(cfg)  # every config error surfaces here, before data or model load
+    silence_lightning_tips()  # product tips and a warning about torchdata's own code: nothing for a user to do
+    silence_torchdata_set_vital()
     cfg.optim.warmup_steps = run.optim.warmup_steps  # shortened to fit a quick run: config.yaml records what ran
     init = pretrained_start(run)
     output_dir = Path(cfg.paths.output_dir)
@@ -61,9 +64,9 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
         log.info("host memory: glibc keeps freed memory for reuse (keep_freed_memory)")
     L.seed_everything(run.seed, workers=True)  # reading the data draws no random numbers: the model's are the first
     if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
-        log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        log.info("config: %s", output_dir / "config.yaml")  # every key, resolved; the console gets its place only
 
     module = GPTLitModule(
         model=asdict(run.model),
