@@ -27,7 +27,7 @@ ALLOWED = {
     "schemas": {"errors", "config", "model", "data", "train"},
     "cli": {"errors", "config", "schemas"},
     "commands": {"errors", "compat", "config", "model", "data", "interop", "checkpoints", "train", "evaluation"}
-    | {"serve", "sweeps", "schemas", "cli"},
+    | {"serve", "sweeps", "schemas", "cli", "console"},
 }
 
 

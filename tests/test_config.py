@@ -3,10 +3,12 @@ import re
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import ROOT, make_config
 from gptlab.config.errors import user_error_line
 from gptlab.errors import ConfigError
+from gptlab.train.preflight import Preflight
 from gptlab.train.run_config import validate
 
 
@@ -141,6 +143,16 @@ def test_a_warmup_as_long_as_the_run_is_shortened_to_a_tenth_of_it_in_one_log_li
         f"optim.warmup_steps ({warmup or 100}) is not shorter than trainer.max_steps ({max_steps}): "
         f"warming up over {shortened} steps instead (a tenth of the run)"
     )
+
+
+def test_the_check_before_the_run_leaves_the_warning_to_the_run_so_it_is_printed_once(tmp_path, shakespeare, caplog):
+    cfg = make_config(["model=gpt_small", f"data.path={shakespeare}", "trainer.max_steps=40"], tmp_path)
+    OmegaConf.set_struct(cfg, False)
+    cfg.hydra = {"run": {"dir": str(tmp_path / "run")}}
+    with caplog.at_level(logging.WARNING):
+        Preflight().on_run_start(cfg)
+    assert (tmp_path / "run" / ".lock").is_file()  # it ran: the folder is claimed
+    assert not [r for r in caplog.records if "warmup" in r.getMessage()]
 
 
 def test_unknown_key_in_a_config_file_is_named(tmp_path):

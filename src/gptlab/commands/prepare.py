@@ -25,7 +25,7 @@ def main(cfg: DictConfig) -> None:
                 f"data: prepare is for streamed datasets (openwebtext, fineweb_edu, text_files); data={config.name} "
                 "is read whole at every start"
             )
-        cache = prepare(config, make_tokenizer(config.tokenizer, ""))
+        cache = prepare(config, make_tokenizer(config.tokenizer, ""), progress=cfg.progress)
         tokens = cache.meta["tokens"]
         log.info(
             "%s: %s training and %s validation tokens (%s) in %s",

@@ -34,7 +34,7 @@ class Preflight(Callback):
         folder = Path(config.hydra.run.dir).expanduser()
         try:
             refuse_occupied(folder, config.get("ckpt_path"))
-            run = validate(config)
+            run = validate(config, warn=False)  # the run warns again, into its own log file
             if isinstance(run.data, TextFileConfig):  # a download that fails (offline, bad sha256) refuses the run
                 locate(run.data.path, run.data.url, run.data.sha256, run.data.cache_dir, run.data.embedded)
             if run.ckpt_path:

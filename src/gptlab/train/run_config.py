@@ -45,10 +45,11 @@ class RunConfig:
     prompts: dict[str, str]  # the sample prompts, by the key that sets them, checked once the tokenizer exists
 
 
-def validate(cfg: DictConfig) -> RunConfig:
+def validate(cfg: DictConfig, warn: bool = True) -> RunConfig:
+    """The run, checked; `warn=False` for a check before the run (preflight), whose warnings the run repeats."""
     with ours_first():
         run = read(cfg)
-    check(run)
+    check(run, warn)
     return run
 
 
@@ -79,7 +80,7 @@ def sample_prompts(cfg: DictConfig) -> dict[str, str]:
     return prompts
 
 
-def check(run: RunConfig) -> None:
+def check(run: RunConfig, warn: bool = True) -> None:
     """What no single dataclass can judge: types of the top-level keys, and keys against each other and files."""
     for key in ("compile", "keep_freed_memory"):
         if not isinstance(getattr(run, key), bool):
@@ -106,7 +107,7 @@ def check(run: RunConfig) -> None:
             f"optim.seq_len_warmup: window lengths {bad} must divide data.block_size ({block}) "
             "(or set optim.seq_len_warmup=null)"
         )
-    fit_warmup(run)
+    fit_warmup(run, warn)
     if getattr(run.data, "path", None):
         check_data_file(run.data)
     if run.ckpt_path and not Path(run.ckpt_path).exists():
@@ -130,13 +131,13 @@ def check_finite(prefix: str, config: object) -> None:
             raise ConfigError(f"{prefix}.{f.name} must be a finite number, got {value}")
 
 
-def fit_warmup(run: RunConfig) -> None:
+def fit_warmup(run: RunConfig, warn: bool = True) -> None:
     """A warmup at least as long as the run never reaches the peak lr: it is shortened to a tenth of the run, with a
     warning, so that a quick run changes only trainer.max_steps (an explicit optim.warmup_steps too: one rule)."""
     if run.optim.warmup_steps < run.max_steps:
         return
     shorter = run.max_steps // 10
-    if rank_zero_only.rank == 0:
+    if warn and rank_zero_only.rank == 0:
         log.warning(
             "optim.warmup_steps (%d) is not shorter than trainer.max_steps (%d): warming up over %d steps instead "
             "(a tenth of the run)",
