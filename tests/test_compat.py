@@ -164,3 +164,12 @@ def test_lightnings_ddp_children_rerun_the_job_in_its_folder(tmp_path):
         assert command[-5:-3] == ["model=gpt_nano", "seed=3"]
         assert f'hydra.run.dir="{tmp_path / "job"}"' in command
     assert sys.argv is argv and HydraConfig.get().run.dir == str(tmp_path / "sweep")
+
+
+def test_wandb_init_without_anonymous(tmp_path):
+    from lightning.pytorch.loggers import WandbLogger
+
+    logger = WandbLogger(save_dir=tmp_path, offline=True, project="p")
+    assert logger._wandb_init["anonymous"] is None  # what Lightning passes, and wandb warns about
+    compat.wandb_init_without_anonymous(logger)
+    assert "anonymous" not in logger._wandb_init and logger._wandb_init["project"] == "p"
