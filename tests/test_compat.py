@@ -205,3 +205,12 @@ def test_torchdatas_set_vital_warning_is_the_only_one_silenced():
         ("'set_vital' is deprecated, please do not call", __file__),
         ("something else", __file__),
     ]
+
+
+def test_wandb_init_without_anonymous(tmp_path):
+    from lightning.pytorch.loggers import WandbLogger
+
+    logger = WandbLogger(save_dir=tmp_path, offline=True, project="p")
+    assert logger._wandb_init["anonymous"] is None  # what Lightning passes, and wandb warns about
+    compat.wandb_init_without_anonymous(logger)
+    assert "anonymous" not in logger._wandb_init and logger._wandb_init["project"] == "p"

@@ -136,8 +136,9 @@ def test_cli_bad_input_is_one_line(trained, tmp_path):
     for overrides, message in cases:
         result = run_cli("evaluate.py", f"data.path={corpus}", *overrides)
         assert result.returncode == 1 and result.stdout == ""
-        [line] = result.stderr.strip().splitlines()
+        *loaded, line = result.stderr.strip().splitlines()
         assert line.startswith("error: ") and message in line
+        assert all(first.startswith("checkpoint: ") for first in loaded) and len(loaded) <= 1  # once weights loaded
 
 
 def test_streamed_validation_with_gpt2_bpe(tmp_path):

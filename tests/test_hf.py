@@ -234,5 +234,8 @@ def test_export_cli_writes_once_and_never_overwrites(tmp_path, small_corpus):
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     again = run_cli("export.py", f"ckpt_path={run}", f"out_dir={out}")
     assert again.returncode == 1
-    assert again.stderr.strip() == f"error: out_dir: {out} exists and is not an empty folder: refusing to overwrite it"
+    assert again.stderr.splitlines() == [
+        f"checkpoint: {run / 'checkpoints/best.ckpt'} (step 3)",
+        f"error: out_dir: {out} exists and is not an empty folder: refusing to overwrite it",
+    ]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

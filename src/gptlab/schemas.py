@@ -13,7 +13,7 @@ from __future__ import annotations
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from gptlab.config.run_folder import short_name
+from gptlab.config.run_folder import folder_name, short_name
 from gptlab.data.config import StreamConfig, TextFileConfig
 from gptlab.errors import ConfigError
 from gptlab.model.gpt import GPTConfig
@@ -35,6 +35,8 @@ def register() -> None:
         OmegaConf.register_new_resolver("required", required)
     if not OmegaConf.has_resolver("short_name"):  # conf/hydra/default.yaml: sweep job folders
         OmegaConf.register_new_resolver("short_name", short_name)
+    if not OmegaConf.has_resolver("folder_name"):  # conf/logger/wandb.yaml: the run's name
+        OmegaConf.register_new_resolver("folder_name", folder_name)
 
 
 def required(key: str, why: str = "") -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,13 @@ class Pretrained:
     weights: dict[str, torch.Tensor]  # gptlab's parameter names
     tokenizer: object | None  # None: a Hugging Face folder that does not say which tokenizer its ids belong to
     source: Path  # the checkpoint file or the folder read
+    step: int | None = None  # the training step a gptlab checkpoint was saved at; None: a Hugging Face folder
+
+    def describe(self) -> str:
+        """`<file> (step 500)`, or `<folder> (Hugging Face folder)`: which weights, from how far into training."""
+        if self.source.is_dir():
+            return f"{self.source} (Hugging Face folder)"
+        return f"{self.source} ({'step unknown' if self.step is None else f'step {self.step}'})"
 
     def model(self, key: str = "ckpt_path") -> GPT:
         return self.load_into(GPT(self.config), key)
@@ -106,14 +114,34 @@ def unreadable_reason(path: Path, error: Exception) -> str:
     return first_line(error)
 
 
-def load_pretrained(path: str | Path, prefer: str = "best", key: str = "ckpt_path") -> Pretrained:
-    """A checkpoint file, a run folder (its best or last checkpoint) or a Hugging Face GPT-2 folder."""
+def load_pretrained(
+    path: str | Path, prefer: str = "best", key: str = "ckpt_path", announce: bool = True
+) -> Pretrained:
+    """A checkpoint file, a run folder (its best or last checkpoint) or a Hugging Face GPT-2 folder.
+
+    `announce`: say which file and step on stderr (generate, evaluate, serve and export all load through here).
+    """
     if hf.is_hf_folder(path):
         config, weights, tokenizer = hf.read_folder(path, key)
         folder = Path(path).expanduser()
-        return Pretrained(config, weights, tokenizer, folder)
-    ckpt_file = find_checkpoint(path, prefer, key)
-    return from_checkpoint(read_checkpoint(ckpt_file, key), ckpt_file, key)
+        pretrained = Pretrained(config, weights, tokenizer, folder)
+    else:
+        ckpt_file = find_checkpoint(path, prefer, key)
+        pretrained = from_checkpoint(read_checkpoint(ckpt_file, key), ckpt_file, key)
+    if announce:
+        say(f"checkpoint: {pretrained.describe()}")
+    return pretrained
+
+
+def say(line: str) -> None:
+    """A run folder holds best.ckpt and last.ckpt, and a stopped run's best can be far behind its last: the commands
+    that load weights name the file they chose before their own output. Through logging where a command configured
+    it (Hydra's handlers, at INFO), else straight to stderr (the quick commands configure none; stdout is their
+    output)."""
+    if logging.getLogger().handlers and log.isEnabledFor(logging.INFO):
+        log.info(line)
+    else:
+        print(line, file=sys.stderr, flush=True)
 
 
 def from_checkpoint(ckpt: dict, ckpt_file: Path, key: str = "ckpt_path") -> Pretrained:
@@ -126,7 +154,8 @@ def from_checkpoint(ckpt: dict, ckpt_file: Path, key: str = "ckpt_path") -> Pret
     except (KeyError, TypeError) as e:
         raise GptlabError(f"{key}: {ckpt_file} is not a gptlab checkpoint (missing {e})") from None
     weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-    return Pretrained(config, weights, tokenizer, ckpt_file)
+    step = ckpt.get("global_step")
+    return Pretrained(config, weights, tokenizer, ckpt_file, step if isinstance(step, int) else None)
 
 
 def load_trained(path: str | Path, device: str | torch.device = "cpu", prefer: str = "best") -> tuple[GPT, object]:

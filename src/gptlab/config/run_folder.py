@@ -48,6 +48,11 @@ def claim(folder: Path) -> None:
 NAME_LIMIT = 120  # characters of a sweep job's folder name: far below a file system's 255 bytes
 
 
+def folder_name(path: str) -> str:
+    """`${folder_name:${paths.output_dir}}`: a run's name for a logger that asks for one (conf/logger/wandb.yaml)."""
+    return Path(path).name
+
+
 def short_name(name: str, limit: int = NAME_LIMIT) -> str:
     """A sweep job's folder name, `<n>_<overrides>`, kept readable and under `limit`: a long one keeps its start
     and ends in a hash of the whole (the full overrides are in the folder's .hydra/overrides.yaml)."""

@@ -23,6 +23,7 @@ from gptlab.compat import silence_lightning_tips, silence_torchdata_set_vital
 from gptlab.data.factory import make_datamodule
 from gptlab.model.sampling import SampleConfig
 from gptlab.model.text_stream import sample_text
+from gptlab.train import loggers
 from gptlab.train.callbacks import TextSampler
 from gptlab.train.final_validation import FinalValidation
 from gptlab.train.host_memory import keep_freed_memory
@@ -98,6 +99,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
         print(f"\n--- sample from the final model ---\n{sample}\n---", flush=True)
         if val_loss is not None:
             log.info("final val/loss %.4f (ppl %.2f); run folder: %s", val_loss, val_loss.exp(), output_dir)
+    loggers.finish(trainer.loggers)
     return None if val_loss is None else float(val_loss)
 
 
@@ -111,7 +113,6 @@ def build_trainer(
     callbacks += [RNGState(), interruptions, FinalValidation(interruptions)]  # in this order (FinalValidation says why)
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar it was told not to show
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator, run.model.n_embd)
     if torch.cuda.is_available() and cfg.trainer.accelerator in ("gpu", "cuda", "auto"):
         torch.set_float32_matmul_precision("high")  # TF32 for whatever still runs in fp32
@@ -119,7 +120,7 @@ def build_trainer(
     return hydra.utils.instantiate(
         cfg.trainer,
         callbacks=callbacks,
-        logger=loggers,
+        logger=loggers.build(cfg.get("logger")),
         precision=precision,
         plugins=plugins(run.reliability),
         **unprofiled,

@@ -21,6 +21,7 @@ from gptlab.data.factory import data_config
 from gptlab.errors import ConfigError, GptlabError
 from gptlab.model.gpt import GPTConfig
 from gptlab.model.sampling import SampleConfig
+from gptlab.train.loggers import check_packages
 from gptlab.train.optim import OptimConfig
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ def validate(cfg: DictConfig, warn: bool = True) -> RunConfig:
     with ours_first():
         run = read(cfg)
     check(run, warn)
+    check_packages(cfg.get("logger"))
     return run
 
 
@@ -210,7 +212,10 @@ def check_trainer(trainer: DictConfig) -> int:
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(f"trainer.accelerator: {accelerator!r} asked for, but this machine has no GPU")
     if accelerator == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("trainer.accelerator: 'mps' asked for, but this machine has no Apple GPU (MPS)")
+        raise ConfigError(
+            "trainer.accelerator: 'mps' asked for, but this machine has no Apple GPU (MPS): "
+            "trainer=mps needs one; use trainer=cpu (or trainer=gpu)"
+        )
     devices = trainer.get("devices", 1)
     available = torch.cuda.device_count() if gpu else len(os.sched_getaffinity(0))
     if devices in ("auto", -1):
