@@ -7,11 +7,11 @@ import sys
 
 import pytest
 import torch
-from wandb_log import history
 
 from conftest import FAST, ROOT, make_config, run_cli
 from gptlab.train.run import train
 from tb import scalars
+from wandb_log import history
 
 SHORT = ["trainer.max_steps=6", "trainer.val_check_interval=3"]
 

@@ -124,7 +124,7 @@ def test_evaluate_draws_a_bar_of_batches_with_the_loss_so_far(trained_run, monke
 
     screen = on_terminal(monkeypatch)
     evaluate(eval_config(f"ckpt_path={trained_run}", f"data.path={corpus}", "progress=false"))
-    assert screen.getvalue() == ""
+    assert screen.getvalue() == f"checkpoint: {trained_run / 'checkpoints' / 'best.ckpt'} (step 10)\n"  # no bar
 
 
 def test_prepare_draws_a_bar_of_documents_and_tokens_out_of_the_known_total(tmp_path, monkeypatch):
