@@ -74,8 +74,14 @@ def test_resume_with_cfg_job_prints_the_resumed_config(run):
 
 @pytest.mark.parametrize(
     "argv0, command",
-    [("src/train.py", "python src/train.py"), ("/venv/bin/gptlab-train", "gptlab-train")],
+    [
+        ("src/train.py", "python src/train.py"),
+        ("{cwd}/src/train.py", "python src/train.py"),
+        ("/elsewhere/train.py", "python /elsewhere/train.py"),
+        ("/venv/bin/gptlab-train", "gptlab-train"),
+    ],
 )
-def test_hints_repeat_the_command_the_user_ran(monkeypatch, argv0, command):
-    monkeypatch.setattr("sys.argv", [argv0, "model=gpt_nano"])
+def test_hints_repeat_the_command_the_user_ran(monkeypatch, tmp_path, argv0, command):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", [argv0.format(cwd=tmp_path), "model=gpt_nano"])
     assert this_command() == command

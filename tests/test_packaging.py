@@ -101,6 +101,11 @@ def test_the_wheel_trains_and_generates_from_an_empty_folder(tmp_path, shakespea
     ).stdout.split()
     assert all(Path(p).is_relative_to(tmp_path / "venv") for p in where), where  # the wheel's copy, not the checkout
 
+    help_text = subprocess.run(
+        [str(bin_dir / "gptlab-train"), "--help"], cwd=work, env=env, capture_output=True, text=True, timeout=120
+    ).stdout
+    assert help_text.startswith("Train a GPT: gptlab-train [group=option ...]") and "logger: csv, many" in help_text
+
     train = subprocess.run(
         [
             str(bin_dir / "gptlab-train"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from gptlab.config.argv import this_command
 from gptlab.config.run_folder import folder_name, short_name
 from gptlab.data.config import StreamConfig, TextFileConfig
 from gptlab.errors import ConfigError
@@ -37,6 +38,8 @@ def register() -> None:
         OmegaConf.register_new_resolver("short_name", short_name)
     if not OmegaConf.has_resolver("folder_name"):  # conf/logger/wandb.yaml: the run's name
         OmegaConf.register_new_resolver("folder_name", folder_name)
+    if not OmegaConf.has_resolver("command"):  # conf/hydra/help: the examples as the user starts this command
+        OmegaConf.register_new_resolver("command", this_command)
 
 
 def required(key: str, why: str = "") -> None:

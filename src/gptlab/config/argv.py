@@ -29,9 +29,14 @@ OPTIONAL_VALUE_FLAGS = {"--info": INFO_TOPICS, "-i": INFO_TOPICS}
 
 
 def this_command() -> str:
-    """How this process was started, for hints that repeat it: `gptlab-train` or `python src/train.py`."""
-    name = Path(sys.argv[0]).name
-    return name if name.startswith("gptlab-") else f"python {sys.argv[0]}"
+    """How this process was started, for hints that repeat it: `gptlab-train` or `python src/train.py` (a script
+    path below the working folder shown from there)."""
+    script = Path(sys.argv[0])
+    if script.name.startswith("gptlab-"):
+        return script.name
+    if script.is_absolute() and script.is_relative_to(Path.cwd()):
+        script = script.relative_to(Path.cwd())
+    return f"python {script}"
 
 
 def prepare_argv(argv: list[str]) -> list[str]:
