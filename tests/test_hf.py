@@ -7,6 +7,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
 from conftest import FAST, make_config, run_cli
+from gptlab.checkpoints.compatibility import check_fits
 from gptlab.checkpoints.pretrained import load_pretrained, load_trained
 from gptlab.data.bpe import GPT2Tokenizer
 from gptlab.data.tokenizers import CharTokenizer
@@ -14,6 +15,7 @@ from gptlab.errors import ConfigError, GptlabError
 from gptlab.interop import hf
 from gptlab.model.gpt import GPT, GPTConfig
 from gptlab.train.run import train
+from gptlab.train.run_config import validate
 from tb import scalars
 
 SHAPE = dict(n_layer=2, n_head=2, n_embd=32)
@@ -57,14 +59,39 @@ def save_bin(model: GPT2LMHeadModel, folder, hub_names: bool) -> None:
     torch.save(state, folder / "pytorch_model.bin")
 
 
-@pytest.mark.parametrize("layout", ["safetensors", "bin", "bin_hub_names"])
+def save_bin_shards(model: GPT2LMHeadModel, folder) -> None:
+    """pytorch_model-0000i-of-00002.bin and the index naming them, as older save_pretrained sharded a .bin."""
+    model.config.save_pretrained(folder)
+    names = list(model.state_dict())
+    weight_map = {}
+    for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2 :]), 1):
+        torch.save({n: model.state_dict()[n] for n in part}, folder / f"pytorch_model-0000{i}-of-00002.bin")
+        weight_map |= dict.fromkeys(part, f"pytorch_model-0000{i}-of-00002.bin")
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+LAYOUTS = {  # the file each layout's folder holds
+    "safetensors": "model.safetensors",
+    "bin": "pytorch_model.bin",
+    "bin_hub_names": "pytorch_model.bin",
+    "safetensors_shards": "model.safetensors.index.json",  # GPT-2 xl in float32 by transformers 4.x
+    "bin_shards": "pytorch_model.bin.index.json",
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_hf_weights_load_with_the_same_logits(tmp_path, layout):
     theirs = hf_model()
     if layout == "safetensors":
         theirs.save_pretrained(tmp_path)
+    elif layout == "safetensors_shards":
+        theirs.save_pretrained(tmp_path, max_shard_size="20KB")
+        assert len(list(tmp_path.glob("model-*-of-*.safetensors"))) > 1
+    elif layout == "bin_shards":
+        save_bin_shards(theirs, tmp_path)
     else:
         save_bin(theirs, tmp_path, hub_names=layout == "bin_hub_names")
-    assert (tmp_path / ("model.safetensors" if layout == "safetensors" else "pytorch_model.bin")).is_file()
+    assert (tmp_path / LAYOUTS[layout]).is_file()
     weights = load_pretrained(tmp_path)
     assert weights.config.block_size == 16 and weights.config.vocab_size == 50 and weights.config.tie_weights
     assert weights.tokenizer is None  # a vocabulary of 50 is not GPT-2's: its tokenizer is unknown
@@ -136,6 +163,19 @@ def test_import_refuses_a_gpt2_config_gptlab_computes_differently(tmp_path, key,
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, key: value}))
     with pytest.raises(ConfigError, match=f"{key}={value!r}"):
+        load_pretrained(tmp_path)
+
+
+def test_a_missing_shard_is_named_in_one_line(tmp_path):
+    hf_model().save_pretrained(tmp_path, max_shard_size="20KB")
+    shard = sorted(tmp_path.glob("model-*-of-*.safetensors"))[-1]
+    shard.unlink()
+    index = tmp_path / "model.safetensors.index.json"
+    with pytest.raises(GptlabError) as missing:
+        load_pretrained(tmp_path)
+    assert str(missing.value) == f"ckpt_path: {index} names the shard {shard.name}, which is missing from {tmp_path}"
+    index.write_text("{}")
+    with pytest.raises(GptlabError, match="^ckpt_path: cannot read the shard index .*: KeyError: 'weight_map'$"):
         load_pretrained(tmp_path)
 
 
@@ -239,3 +279,65 @@ def test_export_cli_writes_once_and_never_overwrites(tmp_path, small_corpus):
         f"error: out_dir: {out} exists and is not an empty folder: refusing to overwrite it",
     ]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+# --- the GPT-2 family presets: model=gpt2_medium, gpt2_large, gpt2_xl -----------------------------------------
+
+# preset -> (n_layer, n_head, n_embd, parameters of transformers' GPT2LMHeadModel with GPT-2's vocabulary)
+FAMILY = {
+    "gpt2": (12, 12, 768, 124_439_808),
+    "gpt2_medium": (24, 16, 1024, 354_823_168),
+    "gpt2_large": (36, 20, 1280, 774_030_080),
+    "gpt2_xl": (48, 25, 1600, 1_557_611_200),
+}
+SMALL_VOCAB, CONTEXT = 96, 32
+
+
+def preset(name: str, tmp_path, *overrides: str) -> GPTConfig:
+    """The model config of a preset, validated as a run validates it."""
+    return validate(make_config([f"model={name}", *overrides], tmp_path)).model
+
+
+@pytest.mark.parametrize("name", list(FAMILY))
+def test_each_preset_is_gpt2s_shape_with_gpt2s_choices(tmp_path, name):
+    m = preset(name, tmp_path)
+    n_layer, n_head, n_embd, _ = FAMILY[name]
+    assert (m.n_layer, m.n_head, m.n_embd, m.block_size, m.head_dim) == (n_layer, n_head, n_embd, 1024, 64)
+    assert (m.norm, m.activation, m.bias, m.tie_weights, m.rope, m.vocab_multiple) == (
+        "layernorm",
+        "gelu",
+        True,
+        True,
+        False,
+        1,
+    )
+
+
+@pytest.mark.parametrize("name", list(FAMILY))
+def test_each_preset_has_as_many_parameters_as_transformers_gpt2_of_its_shape(tmp_path, name):
+    n_layer, n_head, n_embd, expected = FAMILY[name]
+    m = preset(name, tmp_path)
+    m.vocab_size = hf.GPT2_VOCAB_SIZE
+    with torch.device("meta"):  # shapes only: nothing allocated
+        ours = sum(p.numel() for p in GPT(m).parameters())
+        theirs = GPT2LMHeadModel(GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd)).num_parameters()
+    assert ours == theirs == expected
+
+
+@pytest.mark.parametrize("name", [n for n in FAMILY if n != "gpt2"])  # gpt2's shape: the tests above
+def test_a_hf_folder_of_each_presets_kind_loads_with_the_same_logits(tmp_path, name):
+    """The preset's width and heads (head size 64), two layers, a small vocabulary: save_pretrained's folder loads,
+    fits the preset's architecture (as init_from checks it) and computes transformers' logits."""
+    _, n_head, n_embd, _ = FAMILY[name]
+    shape = dict(n_layer=2, n_head=n_head, n_embd=n_embd, n_positions=CONTEXT, vocab_size=SMALL_VOCAB)
+    torch.manual_seed(0)
+    theirs = shuffled(GPT2LMHeadModel(GPT2Config(**shape)))
+    theirs.save_pretrained(tmp_path / "hf")
+    weights = load_pretrained(tmp_path / "hf", announce=False)
+    wanted = preset(name, tmp_path, "model.n_layer=2", f"model.block_size={CONTEXT}")
+    check_fits(weights, "init_from", wanted)  # raises, naming the keys, where the preset's architecture differs
+    idx = torch.randint(0, SMALL_VOCAB, (2, CONTEXT), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours, expected = weights.model().eval()(idx)[0], theirs(idx).logits
+    # logits reach ~35 from sums 1600 wide, added in another order: fp32 rounding is ~3e-5; a misplaced weight is units
+    torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-5)

@@ -1,4 +1,6 @@
-"""GPT-2 weights in the Hugging Face folder format: config.json + model.safetensors (or pytorch_model.bin).
+"""GPT-2 weights in the Hugging Face folder format: config.json + model.safetensors (or pytorch_model.bin), or the
+shards an index names (model.safetensors.index.json: what save_pretrained writes past its max_shard_size, 5 GB
+in transformers 4.x, which GPT-2 xl's 6.2 GB of float32 exceeds).
 
 gptlab's parameter names are GPT-2's own (transformer.h.0.attn.c_attn.weight, ...), so the mapping is the
 identity except for two things: HF stores the four projection matrices of each block as `Conv1D` weights,
@@ -22,6 +24,7 @@ from gptlab.errors import ConfigError, GptlabError
 from gptlab.model.gpt import GPTConfig
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+INDEX = ".index.json"  # beside a weight file's name: the shards that hold its tensors, {"weight_map": {name: file}}
 GPTLAB_TOKENIZER = "gptlab_tokenizer.json"  # not tokenizer.json: transformers reads that name as its own format
 GPT2_VOCAB_SIZE = 50257
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -31,7 +34,16 @@ TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
 
 def is_hf_folder(path: str | Path) -> bool:
     path = Path(path).expanduser()
-    return (path / "config.json").is_file() and any((path / name).is_file() for name in WEIGHT_FILES)
+    return (path / "config.json").is_file() and weights_path(path) is not None
+
+
+def weights_path(folder: Path) -> Path | None:
+    """The weight file, or the index of the shards, a folder holds (safetensors first, as transformers reads)."""
+    for name in WEIGHT_FILES:
+        for candidate in (folder / name, folder / f"{name}{INDEX}"):
+            if candidate.is_file():
+                return candidate
+    return None
 
 
 def config_from_hf(hf: dict, key: str) -> GPTConfig:
@@ -107,14 +119,34 @@ def config_to_hf(config: GPTConfig, key: str = "ckpt_path") -> dict:
 
 
 def read_weights(folder: Path, key: str) -> dict[str, torch.Tensor]:
-    path = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), folder / WEIGHT_FILES[-1])
+    path = weights_path(folder) or folder / WEIGHT_FILES[-1]
+    if not path.name.endswith(INDEX):
+        return read_weight_file(path, key)
+    weights = {}
+    for shard in shards(path, key):
+        if not shard.is_file():  # a download or copy cut short
+            raise GptlabError(f"{key}: {path} names the shard {shard.name}, which is missing from {folder}")
+        weights.update(read_weight_file(shard, key))
+    return weights
+
+
+def shards(index: Path, key: str) -> list[Path]:
+    """The files an index names, each once."""
     try:
-        if path.name == WEIGHT_FILES[0]:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [index.parent / name for name in sorted(set(weight_map.values()))]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise GptlabError(f"{key}: cannot read the shard index {index}: {type(e).__name__}: {e}") from None
+
+
+def read_weight_file(path: Path, key: str) -> dict[str, torch.Tensor]:
+    try:
+        if path.name.endswith(".safetensors"):
             from safetensors.torch import load_file
 
             return load_file(path)
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # empty, truncated or not a weight file; torch.load's message can be empty
+    except Exception as e:  # missing, empty, truncated or not a weight file; torch.load's message can be empty
         why = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise GptlabError(f"{key}: cannot read the weights in {path}: {why}") from None
 
