@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 
 from conftest import ROOT, make_config
 from gptlab.train.run import train
+from gptlab.train.run_config import validate
 from tb import hparams_of, load_events, scalars
 
 SMALL = ["trainer.enable_progress_bar=false", "sample.max_new_tokens=20", "callbacks.text_sampler.max_new_tokens=20"]
@@ -34,6 +35,27 @@ def test_experiments_pin_their_recipes(tmp_path):
     assert gpt2.trainer.max_steps * 524_288 == pytest.approx(10e9, rel=0.001)  # one pass over the 10B sample
     assert (gpt2.trainer.accelerator, gpt2.trainer.precision) == ("gpu", "bf16-mixed")
     assert (gpt2.optim.lr, gpt2.optim.min_lr, gpt2.optim.warmup_steps) == (6e-4, 6e-5, 715)
+
+
+def test_gpt2_medium_fineweb_edu_validates_for_eight_gpus_with_the_batch_its_comment_says(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # validate counts the GPUs it is asked for
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    cfg = make_config(["experiment=gpt2_medium_fineweb_edu"], tmp_path)
+    run = validate(cfg)
+    m = run.model
+    assert (m.n_layer, m.n_head, m.n_embd, m.block_size) == (24, 16, 1024, 1024)
+    assert run.data.dataset == "HuggingFaceFW/fineweb-edu" and run.data.tokenizer == "gpt2"
+    assert (cfg.trainer.strategy, cfg.trainer.accelerator, cfg.trainer.precision) == ("ddp", "gpu", "bf16-mixed")
+    assert run.processes == 8 and run.data.batch_size // run.processes == 16
+    tokens = run.data.batch_size * run.data.block_size * cfg.trainer.accumulate_grad_batches
+    lines = (ROOT / "conf/experiment/gpt2_medium_fineweb_edu.yaml").read_text().splitlines()
+    comment = " ".join(line.removeprefix("# ") for line in lines if line.startswith("# "))
+    assert tokens == 524_288
+    assert "524,288 tokens per optimizer step (16 x 1024 tokens per GPU x 8 GPUs x 4 accumulated)" in comment
+    assert run.max_steps * tokens == pytest.approx(10e9, rel=0.001)
+    assert cfg.trainer.val_check_interval == 250 * cfg.trainer.accumulate_grad_batches
+    # GPT-3's 350M: lr 3e-4, warmup over 375M tokens, cosine to a tenth
+    assert (run.optim.lr, run.optim.min_lr, run.optim.warmup_steps) == (3e-4, 3e-5, round(375e6 / tokens))
 
 
 def test_gpt_small_default_runs_a_few_steps(tmp_path, small_corpus):
