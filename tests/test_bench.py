@@ -1,12 +1,15 @@
 """The benchmarks run end to end and write their tables (the figures themselves are not asserted)."""
 
+import importlib.util
 import json
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT, run_cli
+from gptlab.model.gpt import GPT, GPTConfig
 
 
 @pytest.mark.slow  # a Python start-up and six short trainings: about 10 s on an idle machine
@@ -73,3 +76,59 @@ def test_startup_bench_times_both_children():
     for r in rows:
         imported, rest, wall = (float(c) for c in r.strip("|").split("|")[1:])
         assert imported > 0 and rest > 0 and wall == pytest.approx(imported + rest, abs=0.011)
+
+
+def bench_module(name: str):
+    """bench/<name>.py imported (bench/ is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # its dataclasses look themselves up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_memory_bench_prints_gpt2s_arithmetic_and_fsdp_below_ddp():
+    result = run_cli("../bench/memory.py", "--models", "gpt2", "gpt2_xl", cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "micro-batch 16 x 1024 tokens per GPU, 8 GPUs (`python bench/memory.py --models gpt2 gpt2_xl`)" in (
+        result.stdout
+    )
+    rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("| gpt2")}
+    # GPT-2 small by hand: 12 blocks of 7,087,872 (7,084,800 of them in Linear layers), wte 50257 x 768, wpe 1024 x 768
+    params, block, linear_in_block, wte = 124_439_808, 7_087_872, 7_084_800, 50257 * 768
+    assert params == wte + 1024 * 768 + 12 * block + 2 * 768
+    sbh, sbv = 16 * 1024 * 768, 16 * 1024 * 50257
+    activations = 36 * sbh * 12 + 6 * sbh + 10 * sbv
+    casts = 2 * (12 * linear_in_block + wte)
+    ddp = 20 * params + casts + activations
+    fsdp = 16 * params / 8 + 8 * (params - 12 * block + block) + casts + activations
+    checkpointed = fsdp - activations + 4 * sbh * 12 + 36 * sbh + 6 * sbh + 10 * sbv
+    cells = [c.strip() for c in rows["gpt2"].strip("|").split("|")]
+    gib = [f"{b / 2**30:.1f}" for b in (16 * params, activations, checkpointed - fsdp + activations)]
+    assert cells == ["gpt2", "124,439,808", *gib, *(f"{b / 2**30:.1f}" for b in (ddp, fsdp, checkpointed))]
+    for row in rows.values():
+        ddp_gib, fsdp_gib, checkpointed_gib = (float(c) for c in row.strip("|").split("|")[-3:])
+        assert checkpointed_gib < fsdp_gib < ddp_gib
+
+
+def saved_bytes(model, idx) -> int:
+    """Bytes autograd keeps for the backward of one bf16-mixed training forward (each storage once)."""
+    storages = {}
+
+    def keep(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(idx, idx)
+    return sum(storages.values())
+
+
+def test_memory_bench_activations_are_what_autograd_saves():
+    memory = bench_module("memory")
+    config = GPTConfig(n_layer=2, n_head=2, n_embd=128, block_size=64, vocab_size=512)
+    idx = torch.randint(0, 512, (4, 64), generator=torch.Generator().manual_seed(0))
+    measured = saved_bytes(GPT(config), idx)
+    # what the formula counts, less the gradient that arrives at the backward's start (6 s·b·V of its 10 s·b·V)
+    counted = memory.activation_bytes(config, 4, 64) - 6 * 64 * 4 * 512
+    counted += 2 * memory.counts(config).linear  # autocast's bf16 weight copies
+    assert measured == pytest.approx(counted, rel=0.01)  # 0.2-0.5% over: LayerNorm statistics, the targets
