@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 
@@ -80,6 +81,8 @@ def test_startup_bench_times_both_children():
 
 def bench_module(name: str):
     """bench/<name>.py imported (bench/ is scripts, not a package)."""
+    if str(ROOT / "bench") not in sys.path:  # the scripts import each other, as when run
+        sys.path.insert(0, str(ROOT / "bench"))
     spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
     module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # its dataclasses look themselves up
     spec.loader.exec_module(module)
@@ -132,3 +135,32 @@ def test_memory_bench_activations_are_what_autograd_saves():
     counted = memory.activation_bytes(config, 4, 64) - 6 * 64 * 4 * 512
     counted += 2 * memory.counts(config).linear  # autocast's bf16 weight copies
     assert measured == pytest.approx(counted, rel=0.01)  # 0.2-0.5% over: LayerNorm statistics, the targets
+
+
+@pytest.mark.slow  # two or four short gpt_nano trainings, each its own process: about 15 s (25 s with trainer=fsdp)
+def test_gpu_bench_dry_run_trains_stops_and_resumes_with_each_strategy():
+    result = run_cli("../bench/gpu_distributed.py", "--dry-run", cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    fsdp = (ROOT / "conf/trainer/fsdp.yaml").is_file()
+    skipped = "trainer=fsdp: conf/trainer/fsdp.yaml not found: its rows are skipped"
+    assert (skipped in result.stdout.splitlines()) is not fsdp
+    table = result.stdout.split("`python bench/gpu_distributed.py --dry-run` on CPU")[1]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("| gpt")]
+    assert [r[:2] for r in rows] == [["gpt_nano (CPU)", s] for s in ["DDP", *(["FSDP full-shard"] if fsdp else [])]]
+    for _, _, tokens_per_s, mfu, peak, estimate, resume in rows:
+        assert float(tokens_per_s.replace(",", "")) > 0 and 0 <= float(mfu.removesuffix("%")) < 100
+        assert float(peak) > 0.1 and estimate == ""  # the process's peak resident set on the CPU; no GPU estimate
+        assert re.fullmatch(r"ok: step 3 -> 4 \(end 6\), loss \d+\.\d{3} -> \d+\.\d{3}", resume), resume
+
+
+def test_gpu_bench_resume_check_fails_a_restart_or_a_gap():
+    bench = bench_module("gpu_distributed")
+    args = bench.arguments(["--dry-run"])  # stop after 4 of 6 steps
+    stopped = [(0, 4.2), (1, 3.9), (2, 3.5), (3, 3.1)]
+    resumed = [*stopped, (4, 3.0), (5, 2.9)]
+    assert bench.resume_check(stopped, resumed, 6, args) == ("ok: step 3 -> 4 (end 6), loss 3.100 -> 3.000", True)
+    restarted = [*stopped, (4, 4.1), (5, 3.8)]  # fresh weights: back near the first loss
+    assert bench.resume_check(stopped, restarted, 6, args)[1] is False
+    assert bench.resume_check(stopped, [*stopped, (5, 2.9)], 6, args)[1] is False  # a step missing
+    assert bench.resume_check(stopped, resumed, 5, args)[1] is False  # the checkpoint short of the end
+    assert bench.resume_check(stopped, stopped, 6, args) == ("FAILED: step 3 -> None (end 6), loss 3.100 -> nan", False)
