@@ -137,20 +137,27 @@ def test_memory_bench_activations_are_what_autograd_saves():
     assert measured == pytest.approx(counted, rel=0.01)  # 0.2-0.5% over: LayerNorm statistics, the targets
 
 
-@pytest.mark.slow  # two or four short gpt_nano trainings, each its own process: about 15 s (25 s with trainer=fsdp)
-def test_gpu_bench_dry_run_trains_stops_and_resumes_with_each_strategy():
-    result = run_cli("../bench/gpu_distributed.py", "--dry-run", cwd=ROOT)
+@pytest.mark.slow  # two short gpt_nano trainings, each its own process: about 15 s
+def test_gpu_bench_dry_run_trains_stops_and_resumes():
+    """DDP's row (trainer=fsdp's runs the same code with another trainer= value, and doubles the time)."""
+    result = run_cli("../bench/gpu_distributed.py", "--dry-run", "--strategies", "ddp", cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
-    fsdp = (ROOT / "conf/trainer/fsdp.yaml").is_file()
-    skipped = "trainer=fsdp: conf/trainer/fsdp.yaml not found: its rows are skipped"
-    assert (skipped in result.stdout.splitlines()) is not fsdp
-    table = result.stdout.split("`python bench/gpu_distributed.py --dry-run` on CPU")[1]
+    table = result.stdout.split("`python bench/gpu_distributed.py --dry-run --strategies ddp` on CPU")[1]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("| gpt")]
-    assert [r[:2] for r in rows] == [["gpt_nano (CPU)", s] for s in ["DDP", *(["FSDP full-shard"] if fsdp else [])]]
-    for _, _, tokens_per_s, mfu, peak, estimate, resume in rows:
-        assert float(tokens_per_s.replace(",", "")) > 0 and 0 <= float(mfu.removesuffix("%")) < 100
-        assert float(peak) > 0.1 and estimate == ""  # the process's peak resident set on the CPU; no GPU estimate
-        assert re.fullmatch(r"ok: step 3 -> 4 \(end 6\), loss \d+\.\d{3} -> \d+\.\d{3}", resume), resume
+    [[model, strategy, tokens_per_s, mfu, peak, estimate, resume]] = rows
+    assert (model, strategy) == ("gpt_nano (CPU)", "DDP")
+    assert float(tokens_per_s.replace(",", "")) > 0 and 0 <= float(mfu.removesuffix("%")) < 100
+    assert float(peak) > 0.1 and estimate == ""  # the process's peak resident set on the CPU; no GPU estimate
+    assert re.fullmatch(r"ok: step 3 -> 4 \(end 6\), loss \d+\.\d{3} -> \d+\.\d{3}", resume), resume
+
+
+def test_gpu_bench_skips_fsdp_in_one_line_without_its_preset(tmp_path, capsys):
+    bench = bench_module("gpu_distributed")
+    bench.ROOT = tmp_path  # a checkout without conf/trainer/fsdp.yaml
+    assert bench.main(["--dry-run", "--strategies", "fsdp"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "trainer=fsdp: conf/trainer/fsdp.yaml not found: its rows are skipped"
+    assert not [line for line in out if line.startswith("| gpt")]  # nothing ran
 
 
 def test_gpu_bench_resume_check_fails_a_restart_or_a_gap():
