@@ -6,11 +6,13 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from conftest import ROOT, make_config, run_cli
+from gptlab.checkpoints.interruptions import Interruptions
 from gptlab.config.launch import first_process, later_process_of_external_launch, launch_mismatch, launch_overrides
 from gptlab.errors import ConfigError
 from gptlab.train.run import train
@@ -105,6 +107,16 @@ def test_a_node_started_by_hand_past_num_nodes_stops_with_one_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.splitlines() == [f"error: {MISMATCHES[-2][3]}"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_later_process_stops_naming_the_checkpoint_rank_0_writes():
+    """A later process of an external launch has its working folder as its output folder; the stop line it prints
+    (`stopped ... checkpoint <path>; continue with: ... resume=<run folder>`) names rank 0's, which Lightning's
+    strategy broadcasts, as for its ModelCheckpoint."""
+    rank0 = "/shared/logs/runs/first/checkpoints/last.ckpt"
+    callback = Interruptions(".", stop_at_step=2)
+    callback.setup(SimpleNamespace(strategy=SimpleNamespace(broadcast=lambda obj, src=0: rank0)), None, "fit")
+    assert callback.path == Path(rank0)
 
 
 # A few steps of gpt_nano without dropout on the global batch of 8: the same final weights, to fp32's rounding,
