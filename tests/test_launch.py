@@ -1,12 +1,22 @@
-"""One run, one folder, however the processes are launched: Lightning, torchrun, srun, or nodes started by hand."""
+"""One run, one folder, however the processes are launched: Lightning, torchrun, srun, or nodes started by hand;
+and the same weights as one process on the same global batch."""
 
+import os
+import socket
 import subprocess
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
-from conftest import ROOT
-from gptlab.config.launch import first_process, later_process_of_external_launch, launch_overrides
+from conftest import ROOT, make_config, run_cli
+from gptlab.checkpoints.interruptions import Interruptions
+from gptlab.config.launch import first_process, later_process_of_external_launch, launch_mismatch, launch_overrides
+from gptlab.errors import ConfigError
+from gptlab.train.run import train
+from gptlab.train.run_config import validate
 
 LAUNCHES = [  # environment, first process of its run, a later process of an external launch
     ({}, True, False),  # one process
@@ -25,27 +35,163 @@ LAUNCHES = [  # environment, first process of its run, a later process of an ext
 def test_which_process_of_a_launch(env, first, later):
     assert first_process(env) == first and later_process_of_external_launch(env) == later
     argv = ["model=gpt_nano"]
-    extra = ["hydra.output_subdir=null", "hydra/job_logging=none", "hydra.run.dir=."] if later else []
+    quiet = ["hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none", "hydra.run.dir=."]
+    extra = quiet if later else []
     assert launch_overrides(argv, env) == [*argv, *extra]
 
 
 def test_a_later_process_keeps_a_folder_it_was_given():
     env = {"TORCHELASTIC_RUN_ID": "x", "RANK": "1"}
-    assert launch_overrides(["hydra.run.dir=logs/runs/mine"], env)[-1] == "hydra/job_logging=none"
+    assert launch_overrides(["hydra.run.dir=logs/runs/mine"], env)[-1] == "hydra/hydra_logging=none"
+
+
+TORCHRUN = {"TORCHELASTIC_RUN_ID": "x", "RANK": "0", "GROUP_RANK": "0", "LOCAL_RANK": "0"}
+SRUN = {"SLURM_NTASKS": "16", "SLURM_PROCID": "0", "SLURM_JOB_NAME": "train"}
+MISMATCHES = [  # environment, trainer.devices, trainer.num_nodes, the line, or None where they agree
+    ({**TORCHRUN, "LOCAL_WORLD_SIZE": "4", "WORLD_SIZE": "8"}, 4, 2, None),
+    (
+        {**TORCHRUN, "LOCAL_WORLD_SIZE": "4", "WORLD_SIZE": "8"},
+        8,
+        1,
+        "trainer.devices (8) must equal torchrun's processes per node (--nproc-per-node=4)",
+    ),
+    (
+        {**TORCHRUN, "LOCAL_WORLD_SIZE": "4", "WORLD_SIZE": "8"},
+        4,
+        1,
+        "trainer.num_nodes (1) must equal torchrun's nodes (--nnodes=2)",
+    ),
+    ({**SRUN, "SLURM_NTASKS_PER_NODE": "8", "SLURM_NNODES": "2"}, 8, 2, None),
+    (
+        {**SRUN, "SLURM_NTASKS_PER_NODE": "8", "SLURM_NNODES": "2"},
+        4,
+        2,
+        "trainer.devices (4) must equal srun's tasks per node (--ntasks-per-node=8)",
+    ),
+    (
+        {**SRUN, "SLURM_NTASKS_PER_NODE": "8", "SLURM_NNODES": "2"},
+        8,
+        1,
+        "trainer.num_nodes (1) must equal the SLURM job's nodes (--nodes=2)",
+    ),
+    ({**SRUN, "SLURM_JOB_NAME": "interactive", "SLURM_NTASKS_PER_NODE": "8"}, 1, 1, None),  # Lightning's own rule
+    ({"NODE_RANK": "1", "MASTER_ADDR": "127.0.0.1"}, 1, 2, None),
+    (
+        {"NODE_RANK": "1", "MASTER_ADDR": "127.0.0.1"},
+        1,
+        1,
+        "trainer.num_nodes (1) must be more than this node's NODE_RANK (1): start every node with the same "
+        "trainer.num_nodes and NODE_RANK 0, 1, ... below it",
+    ),
+    ({}, 2, 1, None),
+]
+
+
+@pytest.mark.parametrize("env, devices, nodes, line", MISMATCHES)
+def test_trainer_devices_and_num_nodes_must_match_the_launch(env, devices, nodes, line):
+    assert launch_mismatch(devices, nodes, env) == line
+
+
+def test_a_mismatch_with_torchrun_is_refused_before_the_trainer(tmp_path, monkeypatch):
+    for key, value in {**TORCHRUN, "LOCAL_WORLD_SIZE": "1", "WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match=r"^trainer.num_nodes \(1\) must equal torchrun's nodes \(--nnodes=2\)$"):
+        validate(make_config(["trainer=ddp_cpu", "trainer.devices=1"], tmp_path))
+
+
+def test_a_node_started_by_hand_past_num_nodes_stops_with_one_line(tmp_path):
+    """Without the check, it waits for ever for a rank 0 of a one-process run."""
+    extra_env = {"NODE_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    args = ["trainer.max_steps=1", f"paths.log_dir={tmp_path}"]
+    result = run_cli("train.py", *args, cwd=tmp_path, extra_env=extra_env, timeout=120)  # it hung without the check
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"error: {MISMATCHES[-2][3]}"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_later_process_stops_naming_the_checkpoint_rank_0_writes():
+    """A later process of an external launch has its working folder as its output folder; the stop line it prints
+    (`stopped ... checkpoint <path>; continue with: ... resume=<run folder>`) names rank 0's, which Lightning's
+    strategy broadcasts, as for its ModelCheckpoint."""
+    rank0 = "/shared/logs/runs/first/checkpoints/last.ckpt"
+    callback = Interruptions(".", stop_at_step=2)
+    callback.setup(SimpleNamespace(strategy=SimpleNamespace(broadcast=lambda obj, src=0: rank0)), None, "fit")
+    assert callback.path == Path(rank0)
+
+
+# A few steps of gpt_nano without dropout on the global batch of 8: the same final weights, to fp32's rounding,
+# however many processes share the batch and however they were started.
+RUN = ["model=gpt_nano", "data.batch_size=8", "trainer.max_steps=4", "trainer.val_check_interval=4"]
+RUN += ["optim.warmup_steps=1", "trainer.enable_progress_bar=false"]
+RUN += ["sample.max_new_tokens=5", "callbacks.text_sampler.max_new_tokens=5"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, shakespeare) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The corpus, and the weights one process reaches on it."""
+    tmp = tmp_path_factory.mktemp("one_process")
+    corpus = tmp / "small.txt"
+    corpus.write_text(shakespeare.read_text()[:20_000])
+    train(make_config([*RUN, f"data.path={corpus}"], tmp / "run"))
+    return corpus, final_weights(tmp / "run")
+
+
+def only_run(logs: Path) -> Path:
+    """The one run folder, and nothing else in the log folder."""
+    assert [p.name for p in logs.iterdir()] == ["runs"]
+    [run] = (logs / "runs").iterdir()
+    return run
 
 
 @pytest.mark.slow
-def test_torchrun_writes_one_run_folder_and_nothing_else(tmp_path, small_corpus):
+def test_torchrun_reaches_one_process_weights_in_one_run_folder(tmp_path, one_process):
+    corpus, expected = one_process
     logs, cwd = tmp_path / "logs", tmp_path / "cwd"
     cwd.mkdir()
-    args = ["trainer=ddp_cpu", "model=gpt_nano", f"data.path={small_corpus}", f"paths.log_dir={logs}"]
-    args += ["trainer.max_steps=4", "trainer.val_check_interval=4", "optim.warmup_steps=1", "data.batch_size=8"]
-    args += ["trainer.enable_progress_bar=false", "sample.max_new_tokens=5", "callbacks.text_sampler.max_new_tokens=5"]
+    args = [*RUN, "trainer=ddp_cpu", f"data.path={corpus}", f"paths.log_dir={logs}"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     result = subprocess.run(
         [*torchrun, str(ROOT / "src" / "train.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    [run] = (logs / "runs").iterdir()
-    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "config.yaml").is_file()
+    run = only_run(logs)
+    assert (run / "config.yaml").is_file()
     assert list(cwd.iterdir()) == []  # the second process wrote nowhere else either
+    torch.testing.assert_close(final_weights(run), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_nodes_started_by_hand_reach_one_process_weights_in_one_run_folder(tmp_path, one_process):
+    """As on two machines: the same command on each, with MASTER_ADDR, MASTER_PORT and its NODE_RANK; Lightning's
+    LightningEnvironment needs nothing more (WORLD_SIZE comes from trainer.devices x trainer.num_nodes)."""
+    corpus, expected = one_process
+    logs = tmp_path / "logs"
+    args = [*RUN, "trainer=ddp_cpu", "trainer.devices=1", "trainer.num_nodes=2"]
+    args += [f"data.path={corpus}", f"paths.log_dir={logs}"]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    nodes, stderr = [], [tmp_path / f"node{rank}.err" for rank in (0, 1)]
+    for rank in (0, 1):  # stderr into files: a full pipe would stop one node and with it the other
+        (tmp_path / f"node{rank}").mkdir()
+        cmd, node_env = [sys.executable, str(ROOT / "src" / "train.py"), *args], {**env, "NODE_RANK": str(rank)}
+        with stderr[rank].open("w") as err:
+            nodes.append(subprocess.Popen(cmd, cwd=tmp_path / f"node{rank}", env=node_env, stderr=err))
+    try:
+        codes = [node.wait(timeout=600) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    assert codes == [0, 0], "".join(e.read_text()[-3000:] for e in stderr)
+    run = only_run(logs)
+    assert (run / "config.yaml").is_file()
+    assert [list((tmp_path / f"node{rank}").iterdir()) for rank in (0, 1)] == [[], []]  # nothing written elsewhere
+    torch.testing.assert_close(final_weights(run), expected, rtol=0, atol=1e-5)

@@ -7,6 +7,8 @@ import re
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.types import RunMode
 
 from conftest import ROOT, make_config
 from gptlab.train.run import train
@@ -105,10 +107,19 @@ def test_profiler_writes_a_trace_tensorboard_can_show(tmp_path, small_corpus):
     assert {"aten::mm", "aten::scaled_dot_product_attention"} & names
 
 
-def test_slurm_launcher_preset_asks_one_task_per_device_and_the_basic_launcher_is_the_default():
-    launcher = hydra_config(["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4"]).hydra.launcher
+def sweep_launcher(overrides: list[str]):
+    """The launcher node as `python src/train.py -m ...` composes it: swept values are left to the sweeper."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        return loader.load_configuration("train", overrides, run_mode=RunMode.MULTIRUN).hydra.launcher
+
+
+def test_slurm_launcher_asks_num_nodes_nodes_of_one_task_per_device_and_the_basic_launcher_is_the_default():
+    launcher = sweep_launcher(["hydra/launcher=slurm", "trainer=gpu", "trainer.devices=4", "trainer.num_nodes=2"])
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-    assert launcher.gpus_per_node == launcher.tasks_per_node == 4 and launcher.nodes == 1
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+    one_node = sweep_launcher(["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=8", "model.n_layer=4,8"])
+    assert (one_node.nodes, one_node.tasks_per_node, one_node.gpus_per_node) == (1, 8, 8)
     default = hydra_config([]).hydra.launcher
     assert default._target_ == "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 

@@ -51,6 +51,11 @@ class Interruptions(L.Callback):
         self.step = 0
         self._previous_sigint = None
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # rank 0's folder, as Lightning's ModelCheckpoint does: a later process of a torchrun, srun or hand-started
+        # launch has its working folder as its own (gptlab.config.launch), and would name that in its stop line
+        self.path = Path(trainer.strategy.broadcast(str(self.path)))
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
             self._remove_stray_temps()

@@ -3,8 +3,8 @@
 Lightning starts a run's other ranks itself and puts rank 0's folder on their command line (hydra.run.dir).
 torchrun, srun and a second node started by hand start every process of a run at once, and each would compose a
 timestamped folder of its own. So only the run's first process owns a folder; a later one of such a launch gets
-`hydra.run.dir=.` with nothing written by Hydra (no .hydra/, no log file). Nothing is lost: Lightning sends rank
-0's checkpoint folder to every rank, and only rank 0 writes checkpoints, logs and the config.
+`hydra.run.dir=.` with nothing written by Hydra (no .hydra/, no log file, no log handler). Nothing is lost:
+Lightning sends rank 0's checkpoint folder to every rank, and only rank 0 writes checkpoints, logs and the config.
 """
 
 from __future__ import annotations
@@ -35,6 +35,48 @@ def launch_overrides(argv: list[str], env: Mapping[str, str] = os.environ) -> li
     """argv, with what keeps a later process of an external launch from making a run folder of its own."""
     if not later_process_of_external_launch(env):
         return argv
-    quiet = ["hydra.output_subdir=null", "hydra/job_logging=none"]
+    # no log handlers at all: a refusal prints its one line on stderr, not through Hydra's own handler on stdout
+    quiet = ["hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"]
     own_dir = any(a.startswith("hydra.run.dir=") for a in argv)
     return [*argv, *quiet, *([] if own_dir else ["hydra.run.dir=."])]
+
+
+def torchrun_launch(env: Mapping[str, str]) -> bool:
+    """What Lightning's TorchElasticEnvironment detects: a process torchrun started."""
+    return all(key in env for key in ("RANK", "GROUP_RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"))
+
+
+def srun_launch(env: Mapping[str, str]) -> bool:
+    """What Lightning's SLURMEnvironment detects: srun's tasks, unless the job is an interactive shell."""
+    return "SLURM_NTASKS" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive")
+
+
+def launch_mismatch(devices: int, nodes: int, env: Mapping[str, str] = os.environ) -> str | None:
+    """Why trainer.devices and trainer.num_nodes contradict the launch that started this process, or None.
+
+    srun and torchrun start every process and Lightning only joins them, so each process of a node must be one
+    of `trainer.devices` and each node one of `trainer.num_nodes`. Lightning checks this only while it builds the
+    Trainer, after the run folder was made, with a traceback; and a node started by hand with a NODE_RANK past
+    trainer.num_nodes waits for ever for a rank that is not in the run.
+    """
+    if srun_launch(env):  # Lightning's choice too when both match: SLURM first
+        per_node, job_nodes = env.get("SLURM_NTASKS_PER_NODE"), env.get("SLURM_NNODES")
+        if per_node is not None and int(per_node) != devices:
+            return f"trainer.devices ({devices}) must equal srun's tasks per node (--ntasks-per-node={per_node})"
+        if job_nodes is not None and int(job_nodes) != nodes:
+            return f"trainer.num_nodes ({nodes}) must equal the SLURM job's nodes (--nodes={job_nodes})"
+        return None
+    if torchrun_launch(env):
+        per_node, world = _number(env, "LOCAL_WORLD_SIZE"), _number(env, "WORLD_SIZE")
+        if per_node != devices:
+            return f"trainer.devices ({devices}) must equal torchrun's processes per node (--nproc-per-node={per_node})"
+        if world != devices * nodes:
+            return f"trainer.num_nodes ({nodes}) must equal torchrun's nodes (--nnodes={world // per_node})"
+        return None
+    node = _number(env, "NODE_RANK")
+    if node >= nodes:
+        return (
+            f"trainer.num_nodes ({nodes}) must be more than this node's NODE_RANK ({node}): start every node with "
+            "the same trainer.num_nodes and NODE_RANK 0, 1, ... below it"
+        )
+    return None

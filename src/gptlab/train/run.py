@@ -20,6 +20,7 @@ from gptlab.checkpoints.pretrained import Pretrained, from_checkpoint, load_pret
 from gptlab.checkpoints.resume import resume_checkpoint
 from gptlab.checkpoints.rng_state import RNGState
 from gptlab.compat import silence_lightning_tips, silence_torchdata_set_vital
+from gptlab.config.launch import first_process
 from gptlab.data.factory import make_datamodule
 from gptlab.model.sampling import SampleConfig
 from gptlab.model.text_stream import sample_text
@@ -64,7 +65,9 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
     if run.keep_freed_memory and keep_freed_memory():
         log.info("host memory: glibc keeps freed memory for reuse (keep_freed_memory)")
     L.seed_everything(run.seed, workers=True)  # reading the data draws no random numbers: the model's are the first
-    if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
+    # the run's first process; rank_zero_only counts a node started by hand (NODE_RANK > 0) as rank 0 until the
+    # Trainer sets the rank, and that node's folder is its working folder
+    if first_process():
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         log.info("config: %s", output_dir / "config.yaml")  # every key, resolved; the console gets its place only

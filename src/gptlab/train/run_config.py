@@ -10,11 +10,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
-from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from gptlab.checkpoints.interruptions import ReliabilityConfig
 from gptlab.config.errors import ours_first
+from gptlab.config.launch import first_process, launch_mismatch
 from gptlab.config.typed import typed
 from gptlab.data.config import StreamConfig, TextFileConfig
 from gptlab.data.factory import data_config
@@ -139,7 +139,7 @@ def fit_warmup(run: RunConfig, warn: bool = True) -> None:
     if run.optim.warmup_steps < run.max_steps:
         return
     shorter = run.max_steps // 10
-    if warn and rank_zero_only.rank == 0:
+    if warn and first_process():  # rank_zero_only is not yet right on a node started by hand (NODE_RANK)
         log.warning(
             "optim.warmup_steps (%d) is not shorter than trainer.max_steps (%d): warming up over %d steps instead "
             "(a tenth of the run)",
@@ -222,6 +222,8 @@ def check_trainer(trainer: DictConfig) -> int:
         devices = available
     if not isinstance(devices, int) or isinstance(devices, bool) or devices <= 0:
         raise ConfigError(f"trainer.devices must be a positive integer, 'auto' or -1, got {devices!r}")
+    if mismatch := launch_mismatch(devices, nodes):  # torchrun, srun, or a node started by hand
+        raise ConfigError(mismatch)
     if devices > available:
         what = "GPUs" if gpu else "CPU cores (one process per core at most)"
         raise ConfigError(f"trainer.devices ({devices}) is more than this machine's {available} {what}")
