@@ -31,6 +31,7 @@ from gptlab.train.module import GPTLitModule
 from gptlab.train.precision import resolve_precision
 from gptlab.train.profiler import NoProfiler
 from gptlab.train.run_config import RunConfig, check_prompts, validate
+from gptlab.train.sharding import is_sharded, whole_weights
 from gptlab.train.tensorboard import HPARAMS_METRICS, flatten, log_hparams, markdown_table
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
         optim=asdict(run.optim),
         tokenizer=datamodule.tokenizer.state_dict(),
         compile=run.compile,
+        activation_checkpointing=run.activation_checkpointing,
     )
     if init is not None and resumed_from is None:  # a resumed run restores its own weights instead
         init.load_into(module.model, "init_from")
@@ -94,8 +96,10 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
     next(c for c in trainer.callbacks if isinstance(c, Interruptions)).exit_if_stopped()
 
     val_loss = trainer.callback_metrics.get("val/loss")
+    if trainer.is_global_zero or is_sharded(module.model):  # sharded: every rank gathers the weights with rank 0
+        with whole_weights(module.model):
+            sample = final_sample(module, run.sample, trainer)
     if trainer.is_global_zero:
-        sample = final_sample(module, run.sample, trainer)
         print(f"\n--- sample from the final model ---\n{sample}\n---", flush=True)
         if val_loss is not None:
             log.info("final val/loss %.4f (ppl %.2f); run folder: %s", val_loss, val_loss.exp(), output_dir)
