@@ -4,17 +4,23 @@ process without it gives."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
 from transformers import GPT2LMHeadModel
 
 from conftest import FAST, make_config, run_cli
 from gptlab.checkpoints.pretrained import load_trained
+from gptlab.data.tokenizers import CharTokenizer
 from gptlab.errors import ConfigError
 from gptlab.model.gpt import GPT, GPTConfig
+from gptlab.train.module import GPTLitModule
 from gptlab.train.run import train
 from gptlab.train.run_config import validate
+from gptlab.train.sharding import shard
 from tb import scalars
 
 STOP, STEPS, CLIP = 3, 6, 0.05  # a clip below every step's norm: each step is clipped
@@ -96,6 +102,62 @@ def test_fsdp1_is_refused_in_one_line_before_the_run_folder(tmp_path, small_corp
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: trainer.strategy: 'fsdp' (Lightning's")
     assert not (tmp_path / "runs").exists()
+
+
+MODEL = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50)
+
+
+def batch(rows: slice) -> torch.Tensor:
+    return torch.randint(0, 50, (4, 17), generator=torch.Generator().manual_seed(1))[rows]
+
+
+def clip_on_rank(rank: int, init_file: str, out: str) -> None:
+    """One of 2 processes: the module's own clipping over sharded gradients, with AdamW's host check and with the
+    fused kernel's skip (a GPU's default), each clean and then with a NaN in rank 1's shard alone; what it saw goes to
+    `out`.rank."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    mesh = init_device_mesh("cpu", (2,))
+    seen = {}
+    for fused in (False, True):
+        torch.manual_seed(0)
+        module = GPTLitModule(model=MODEL, optim={}, tokenizer=CharTokenizer("abcdefghij" * 5).state_dict())
+        shard(module.model, mesh)
+        optimizer = torch.optim.AdamW(module.parameters(), fused=fused)
+        for poisoned in (False, True):
+            idx = batch(slice(2 * rank, 2 * rank + 2))  # this rank's half of the batch
+            module.model(idx[:, :-1], idx[:, 1:])[1].backward()
+            if poisoned and rank == 1:
+                module.model.lm_head.weight.grad.to_local().fill_(float("nan"))
+            module.configure_gradient_clipping(optimizer, 1.0)
+            before = [p.detach().to_local().clone() for p in module.parameters()]
+            optimizer.step()
+            after = [p.detach().to_local() for p in module.parameters()]
+            seen[fused, poisoned] = {
+                "stepped": [not torch.equal(a, b) for a, b in zip(after, before, strict=True)],
+                "norm": float(module._step_metrics.pop("train/grad_norm")),
+                "in_a_row": module.fault_guard.in_a_row,
+            }
+            optimizer.zero_grad()
+    torch.save(seen, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_sharded_clipping_takes_the_norm_over_all_shards_and_a_nan_on_one_rank_skips_every_rank(tmp_path):
+    torch.manual_seed(0)
+    whole = GPT(GPTConfig(**MODEL))
+    idx = batch(slice(None))
+    whole(idx[:, :-1], idx[:, 1:])[1].backward()
+    expected = float(torch.nn.utils.clip_grad_norm_(whole.parameters(), 1.0))
+    out = tmp_path / "seen"
+    torch.multiprocessing.spawn(clip_on_rank, args=(str(tmp_path / "init"), str(out)), nprocs=2)
+    for rank in (0, 1):
+        seen = torch.load(f"{out}.{rank}")
+        for fused in (False, True):
+            clean, poisoned = seen[fused, False], seen[fused, True]
+            assert clean["norm"] == pytest.approx(expected, rel=1e-5) and clean["in_a_row"] == 0
+            assert all(clean["stepped"])
+            assert math.isnan(poisoned["norm"]) and poisoned["in_a_row"] == 1  # counted on this rank too
+            assert not any(poisoned["stepped"])  # and skipped: no shard of any parameter moved
 
 
 @pytest.fixture(scope="module")
