@@ -18,7 +18,7 @@ from gptlab.data.tokenizers import CharTokenizer
 from gptlab.errors import ConfigError
 from gptlab.model.gpt import GPT, GPTConfig
 from gptlab.train.module import GPTLitModule
-from gptlab.train.run import train
+from gptlab.train.run import resume_from, train
 from gptlab.train.run_config import validate
 from gptlab.train.sharding import shard
 from tb import scalars
@@ -94,6 +94,17 @@ def test_sharding_refusals(tmp_path, small_corpus, overrides, message):
     with pytest.raises(ConfigError) as refused:
         validate(cfg)
     assert str(refused.value) == message
+
+
+def test_fsdp_resumes_only_what_fsdp_wrote(trained_run):
+    last = trained_run / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError) as refused:
+        resume_from(str(trained_run), sharded=True)
+    assert str(refused.value) == (
+        f"ckpt_path: {last} was not written by a trainer=fsdp run, and trainer=fsdp resumes only those; "
+        f"start from its weights instead with init_from={last}"
+    )
+    assert resume_from(str(trained_run))[0] == last  # one process resumes it, as before
 
 
 def test_fsdp1_is_refused_in_one_line_before_the_run_folder(tmp_path, small_corpus):

@@ -24,7 +24,7 @@ from gptlab.model.gpt import GPT, GPTConfig
 from gptlab.train.fault_guard import FaultGuard
 from gptlab.train.optim import OptimConfig
 from gptlab.train.optim import build as build_optimizer
-from gptlab.train.sharding import global_norm, is_sharded, shard
+from gptlab.train.sharding import SHARDED_KEY, global_norm, is_sharded, shard
 
 # attributes set every step that are never parameters, buffers or modules (see GPTLitModule.__setattr__); and
 # `_forward`, which may be the model itself (sharded): registered again, its weights would be saved twice
@@ -177,6 +177,7 @@ class GPTLitModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tokenizer"] = self.tokenizer.state_dict()
         checkpoint["fault_guard"] = self.fault_guard.state_dict()
+        checkpoint[SHARDED_KEY] = is_sharded(self.model)  # what a trainer=fsdp run may resume from (run.py)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # the tokenizer was checked against the run's before any weight loaded (gptlab.checkpoints.compatibility)

@@ -21,6 +21,7 @@ from gptlab.checkpoints.resume import resume_checkpoint
 from gptlab.checkpoints.rng_state import RNGState
 from gptlab.compat import silence_lightning_tips, silence_torchdata_set_vital
 from gptlab.data.factory import make_datamodule
+from gptlab.errors import ConfigError
 from gptlab.model.sampling import SampleConfig
 from gptlab.model.text_stream import sample_text
 from gptlab.train import loggers
@@ -31,7 +32,7 @@ from gptlab.train.module import GPTLitModule
 from gptlab.train.precision import resolve_precision
 from gptlab.train.profiler import NoProfiler
 from gptlab.train.run_config import RunConfig, check_prompts, validate
-from gptlab.train.sharding import is_sharded, whole_weights
+from gptlab.train.sharding import SHARDED_KEY, is_sharded, whole_weights
 from gptlab.train.tensorboard import HPARAMS_METRICS, flatten, log_hparams, markdown_table
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
     cfg.optim.warmup_steps = run.optim.warmup_steps  # shortened to fit a quick run: config.yaml records what ran
     init = pretrained_start(run)
     output_dir = Path(cfg.paths.output_dir)
-    resumed_from, resumed = resume_from(run.ckpt_path)
+    resumed_from, resumed = resume_from(run.ckpt_path, sharded=run.sharded)
 
     # the data's own checks, before anything is logged or written: a refusal is then the only line on stderr
     datamodule = make_datamodule(run.data, init.tokenizer if init else None, run.seed)
@@ -148,10 +149,19 @@ def pretrained_start(run: RunConfig) -> Pretrained | None:
     return init
 
 
-def resume_from(ckpt_path: str | None, lazy: bool = False) -> tuple[Path | None, Pretrained | None]:
+def resume_from(
+    ckpt_path: str | None, lazy: bool = False, sharded: bool = False
+) -> tuple[Path | None, Pretrained | None]:
     """The checkpoint file a resumed run continues from, and what it holds (to check before any weight loads);
-    `lazy`: its tensors memory-mapped, for a look at its config only."""
+    `lazy`: its tensors memory-mapped, for a look at its config only; `sharded`: the run is trainer=fsdp's."""
     if not ckpt_path:
         return None, None
     ckpt_file, ckpt = resume_checkpoint(ckpt_path, lazy)
+    if sharded and not ckpt.get(SHARDED_KEY):
+        # Lightning reads a full checkpoint's optimizer state into FSDP by parameter order, and only the order
+        # trainer=fsdp saves in is the one it expects (the reverse, fsdp to one process, loads right)
+        raise ConfigError(
+            f"ckpt_path: {ckpt_file} was not written by a trainer=fsdp run, and trainer=fsdp resumes only those; "
+            f"start from its weights instead with init_from={ckpt_file}"
+        )
     return ckpt_file, from_checkpoint(ckpt, ckpt_file, "ckpt_path")

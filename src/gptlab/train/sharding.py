@@ -25,6 +25,7 @@ from torch.distributed.tensor import DTensor
 from gptlab.model.gpt import GPT
 
 TARGET = f"{__name__}.fsdp"  # what conf/trainer/fsdp.yaml names as trainer.strategy
+SHARDED_KEY = "sharded"  # in a checkpoint: true when trainer=fsdp wrote it (its optimizer state's layout)
 
 
 def fsdp(devices: int, num_nodes: int) -> ModelParallelStrategy:
