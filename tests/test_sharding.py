@@ -86,8 +86,13 @@ def test_the_train_command_turns_activation_checkpointing_on(tmp_path, small_cor
             ["trainer=fsdp", "trainer.devices=auto"],
             "trainer.devices: trainer=fsdp needs a number of processes, got 'auto'",
         ),
+        (
+            ["trainer=fsdp", "trainer.precision=64-true"],
+            "trainer.precision: 64-true does not shard (Lightning's ModelParallelStrategy); "
+            "trainer=fsdp takes bf16-mixed, bf16-true, 16-true or 32-true",
+        ),
     ],
-    ids=["activation-checkpointing-not-bool", "fsdp1", "muon", "devices-auto"],
+    ids=["activation-checkpointing-not-bool", "fsdp1", "muon", "devices-auto", "precision"],
 )
 def test_sharding_refusals(tmp_path, small_corpus, overrides, message):
     cfg = make_config([*FAST, f"data.path={small_corpus}", *overrides], tmp_path / "run")

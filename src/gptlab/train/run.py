@@ -31,7 +31,7 @@ from gptlab.train.host_memory import keep_freed_memory
 from gptlab.train.module import GPTLitModule
 from gptlab.train.precision import resolve_precision
 from gptlab.train.profiler import NoProfiler
-from gptlab.train.run_config import RunConfig, check_prompts, validate
+from gptlab.train.run_config import RunConfig, check_prompts, check_sharded_precision, validate
 from gptlab.train.sharding import SHARDED_KEY, is_sharded, whole_weights
 from gptlab.train.tensorboard import HPARAMS_METRICS, flatten, log_hparams, markdown_table
 
@@ -119,6 +119,8 @@ def build_trainer(
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar it was told not to show
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator, run.model.n_embd)
+    if run.sharded:  # auto is 16-mixed on a GPU without bf16
+        check_sharded_precision(precision)
     if torch.cuda.is_available() and cfg.trainer.accelerator in ("gpu", "cuda", "auto"):
         torch.set_float32_matmul_precision("high")  # TF32 for whatever still runs in fp32
     unprofiled = {} if cfg.trainer.get("profiler") else {"profiler": NoProfiler()}

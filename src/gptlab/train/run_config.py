@@ -219,6 +219,18 @@ def sharded(trainer: DictConfig) -> bool:
     return isinstance(strategy, DictConfig) and strategy.get("_target_") == FSDP_TARGET
 
 
+# what Lightning's ModelParallelStrategy (trainer=fsdp) takes; `auto` resolves to one of them but on a GPU without bf16
+SHARDED_PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16-true", "16-true")
+
+
+def check_sharded_precision(precision: str) -> None:
+    if precision not in SHARDED_PRECISIONS:
+        raise ConfigError(
+            f"trainer.precision: {precision} does not shard (Lightning's ModelParallelStrategy); "
+            "trainer=fsdp takes bf16-mixed, bf16-true, 16-true or 32-true"
+        )
+
+
 def check_trainer(trainer: DictConfig) -> int:
     """The Trainer arguments that can be judged before anything runs; returns the number of processes."""
     nodes = trainer.get("num_nodes", 1)
@@ -255,6 +267,8 @@ def check_trainer(trainer: DictConfig) -> int:
         raise ConfigError(f"trainer.precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     if precision.startswith("16") and not gpu:
         raise ConfigError(f"trainer.precision: {precision} needs a GPU; on the CPU use bf16-mixed or 32-true")
+    if sharded(trainer):
+        check_sharded_precision(precision)
     for key in ("accumulate_grad_batches", "log_every_n_steps"):
         value = trainer.get(key, 1)
         if not whole(value) or value < 1:
