@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from gptlab.errors import ConfigError
 from gptlab.model.kv_cache import KVCache
@@ -204,6 +205,9 @@ class GPT(nn.Module):
         if config.vocab_size is None:
             raise ConfigError("model.vocab_size is unset: it comes from the tokenizer")
         self.config = config
+        # recompute each block's activations in the backward pass instead of keeping them: less memory for about
+        # one more forward; a training setting, not architecture, so not in GPTConfig (set by the train command)
+        self.activation_checkpointing = False
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
@@ -257,8 +261,9 @@ class GPT(nn.Module):
         if rotary is None:
             x = x + self.transformer.wpe(pos)
         x = self.transformer.drop(x)
+        recompute = self.activation_checkpointing and kv is None and torch.is_grad_enabled()
         for i, block in enumerate(self.transformer.h):
-            x = block(x, rotary, kv, i)
+            x = checkpoint(block, x, rotary, None, i, use_reentrant=False) if recompute else block(x, rotary, kv, i)
         if kv is not None:
             kv.pos += T
         return self.transformer.ln_f(x)

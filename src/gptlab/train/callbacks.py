@@ -11,6 +11,7 @@ import torch
 from gptlab.model.sampling import SampleConfig
 from gptlab.model.text_stream import sample_text
 from gptlab.train.flops import flops_per_token, peak_flops
+from gptlab.train.sharding import is_sharded, whole_weights
 from gptlab.train.tensorboard import markdown_table, tensorboard_writer
 
 
@@ -32,10 +33,12 @@ class TextSampler(L.Callback):
             writer.add_text("model/parameters", markdown_table(pl_module.model.parameter_breakdown()), 0)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        # sharded weights are gathered by every rank together, so then every rank draws the sample (rank 0 writes)
+        if trainer.sanity_checking or not (trainer.is_global_zero or is_sharded(pl_module.model)):
             return
-        if writer := tensorboard_writer(trainer):
-            text = sample_text(pl_module.model, pl_module.tokenizer, self.config)
+        if writer := tensorboard_writer(trainer):  # every rank has the logger (a no-op one beside rank 0)
+            with whole_weights(pl_module.model):
+                text = sample_text(pl_module.model, pl_module.tokenizer, self.config)
             self.latest = (trainer.global_step, text)
             # markdown: indent four spaces so line breaks survive TensorBoard's renderer
             writer.add_text("samples", "    " + text.replace("\n", "\n    "), trainer.global_step)

@@ -24,18 +24,31 @@ from gptlab.model.gpt import GPT, GPTConfig
 from gptlab.train.fault_guard import FaultGuard
 from gptlab.train.optim import OptimConfig
 from gptlab.train.optim import build as build_optimizer
+from gptlab.train.sharding import SHARDED_KEY, global_norm, is_sharded, shard
 
-# attributes set every step that are never parameters, buffers or modules (see GPTLitModule.__setattr__)
-_PLAIN_ATTRIBUTES = frozenset({LIGHTNING_HOOK_NAME_ATTRIBUTE, "_loss_sum", "_micro_batches", "logs_this_step"})
+# attributes set every step that are never parameters, buffers or modules (see GPTLitModule.__setattr__); and
+# `_forward`, which may be the model itself (sharded): registered again, its weights would be saved twice
+_PLAIN_ATTRIBUTES = frozenset(
+    {LIGHTNING_HOOK_NAME_ATTRIBUTE, "_loss_sum", "_micro_batches", "logs_this_step", "_forward"}
+)
 
 
 class GPTLitModule(L.LightningModule):
-    def __init__(self, model: dict, optim: dict, tokenizer: dict, compile: bool = False):
+    def __init__(
+        self,
+        model: dict,
+        optim: dict,
+        tokenizer: dict,
+        compile: bool = False,
+        activation_checkpointing: bool = False,
+    ):
         super().__init__()
-        # plain dicts only: checkpoints must load with torch.load(weights_only=True); compiling is not a property of
-        # the weights, so a run may resume with or without it
-        self.save_hyperparameters(logger=False, ignore=["compile"])
+        # plain dicts only: checkpoints must load with torch.load(weights_only=True); compiling and activation
+        # checkpointing are not properties of the weights, so a run may resume with or without either
+        self.save_hyperparameters(logger=False, ignore=["compile", "activation_checkpointing"])
         self.model = GPT(GPTConfig(**model))
+        self.model.activation_checkpointing = activation_checkpointing
+        self._compile = compile
         # compile the training/validation forward only: generation's changing shapes would recompile it
         self._forward = torch.compile(self.model.forward) if compile else self.model.forward
         self.optim_config = OptimConfig(**optim)
@@ -59,6 +72,16 @@ class GPTLitModule(L.LightningModule):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)[0]
+
+    def configure_model(self) -> None:
+        """trainer=fsdp (gptlab.train.sharding): shard the model over the processes' device mesh; Lightning calls
+        this once, before the optimizer is built, with every other strategy too (no mesh: nothing to do)."""
+        if self.device_mesh is None or is_sharded(self.model):  # no mesh, or sharded by an earlier fit
+            return
+        shard(self.model, self.device_mesh["data_parallel"])
+        # through the module's __call__: FSDP gathers the root's parameters in its forward hook, which calling
+        # `forward` itself would skip
+        self._forward = torch.compile(self.model) if self._compile else self.model
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # decided before the step, so callbacks' hooks (PerfLogger's) know it too; Lightning logs on the same steps
@@ -112,7 +135,8 @@ class GPTLitModule(L.LightningModule):
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         # clip here ourselves so the pre-clipping norm is logged without a second pass over the gradients
         max_norm = gradient_clip_val if gradient_clip_val else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
+        # sharded: the norm over every process's shards, so every rank clips, logs and guards the same value
+        norm = global_norm(torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm))
         if self.logs_this_step:
             self.log_step({"train/grad_norm": norm})
         self._guard_non_finite(norm, optimizer)
@@ -153,6 +177,7 @@ class GPTLitModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tokenizer"] = self.tokenizer.state_dict()
         checkpoint["fault_guard"] = self.fault_guard.state_dict()
+        checkpoint[SHARDED_KEY] = is_sharded(self.model)  # what a trainer=fsdp run may resume from (run.py)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # the tokenizer was checked against the run's before any weight loaded (gptlab.checkpoints.compatibility)

@@ -22,6 +22,7 @@ from gptlab.checkpoints.rng_state import RNGState
 from gptlab.compat import silence_lightning_tips, silence_torchdata_set_vital
 from gptlab.config.launch import first_process
 from gptlab.data.factory import make_datamodule
+from gptlab.errors import ConfigError
 from gptlab.model.sampling import SampleConfig
 from gptlab.model.text_stream import sample_text
 from gptlab.train import loggers
@@ -31,7 +32,8 @@ from gptlab.train.host_memory import keep_freed_memory
 from gptlab.train.module import GPTLitModule
 from gptlab.train.precision import resolve_precision
 from gptlab.train.profiler import NoProfiler
-from gptlab.train.run_config import RunConfig, check_prompts, validate
+from gptlab.train.run_config import RunConfig, check_prompts, check_sharded_precision, validate
+from gptlab.train.sharding import SHARDED_KEY, is_sharded, whole_weights
 from gptlab.train.tensorboard import HPARAMS_METRICS, flatten, log_hparams, markdown_table
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
     cfg.optim.warmup_steps = run.optim.warmup_steps  # shortened to fit a quick run: config.yaml records what ran
     init = pretrained_start(run)
     output_dir = Path(cfg.paths.output_dir)
-    resumed_from, resumed = resume_from(run.ckpt_path)
+    resumed_from, resumed = resume_from(run.ckpt_path, sharded=run.sharded)
 
     # the data's own checks, before anything is logged or written: a refusal is then the only line on stderr
     datamodule = make_datamodule(run.data, init.tokenizer if init else None, run.seed)
@@ -77,6 +79,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
         optim=asdict(run.optim),
         tokenizer=datamodule.tokenizer.state_dict(),
         compile=run.compile,
+        activation_checkpointing=run.activation_checkpointing,
     )
     if init is not None and resumed_from is None:  # a resumed run restores its own weights instead
         init.load_into(module.model, "init_from")
@@ -97,8 +100,10 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
     next(c for c in trainer.callbacks if isinstance(c, Interruptions)).exit_if_stopped()
 
     val_loss = trainer.callback_metrics.get("val/loss")
+    if trainer.is_global_zero or is_sharded(module.model):  # sharded: every rank gathers the weights with rank 0
+        with whole_weights(module.model):
+            sample = final_sample(module, run.sample, trainer)
     if trainer.is_global_zero:
-        sample = final_sample(module, run.sample, trainer)
         print(f"\n--- sample from the final model ---\n{sample}\n---", flush=True)
         if val_loss is not None:
             log.info("final val/loss %.4f (ppl %.2f); run folder: %s", val_loss, val_loss.exp(), output_dir)
@@ -117,6 +122,8 @@ def build_trainer(
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar it was told not to show
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator, run.model.n_embd)
+    if run.sharded:  # auto is 16-mixed on a GPU without bf16
+        check_sharded_precision(precision)
     if torch.cuda.is_available() and cfg.trainer.accelerator in ("gpu", "cuda", "auto"):
         torch.set_float32_matmul_precision("high")  # TF32 for whatever still runs in fp32
     unprofiled = {} if cfg.trainer.get("profiler") else {"profiler": NoProfiler()}
@@ -147,10 +154,19 @@ def pretrained_start(run: RunConfig) -> Pretrained | None:
     return init
 
 
-def resume_from(ckpt_path: str | None, lazy: bool = False) -> tuple[Path | None, Pretrained | None]:
+def resume_from(
+    ckpt_path: str | None, lazy: bool = False, sharded: bool = False
+) -> tuple[Path | None, Pretrained | None]:
     """The checkpoint file a resumed run continues from, and what it holds (to check before any weight loads);
-    `lazy`: its tensors memory-mapped, for a look at its config only."""
+    `lazy`: its tensors memory-mapped, for a look at its config only; `sharded`: the run is trainer=fsdp's."""
     if not ckpt_path:
         return None, None
     ckpt_file, ckpt = resume_checkpoint(ckpt_path, lazy)
+    if sharded and not ckpt.get(SHARDED_KEY):
+        # Lightning reads a full checkpoint's optimizer state into FSDP by parameter order, and only the order
+        # trainer=fsdp saves in is the one it expects (the reverse, fsdp to one process, loads right)
+        raise ConfigError(
+            f"ckpt_path: {ckpt_file} was not written by a trainer=fsdp run, and trainer=fsdp resumes only those; "
+            f"start from its weights instead with init_from={ckpt_file}"
+        )
     return ckpt_file, from_checkpoint(ckpt, ckpt_file, "ckpt_path")

@@ -23,6 +23,7 @@ from gptlab.model.gpt import GPTConfig
 from gptlab.model.sampling import SampleConfig
 from gptlab.train.loggers import check_packages
 from gptlab.train.optim import OptimConfig
+from gptlab.train.sharding import TARGET as FSDP_TARGET
 
 log = logging.getLogger(__name__)
 SEEDS = (0, 2**32 - 1)  # what Lightning's seed_everything (numpy's generator) takes
@@ -40,8 +41,10 @@ class RunConfig:
     ckpt_path: str | None  # resume: a checkpoint or run folder, continued at the step it stopped
     init_from: str | None  # fine-tune: weights to start from at step 0
     compile: bool
+    activation_checkpointing: bool
     keep_freed_memory: bool
     processes: int  # trainer.devices x trainer.num_nodes
+    sharded: bool  # trainer=fsdp
     seed: int
     prompts: dict[str, str]  # the sample prompts, by the key that sets them, checked once the tokenizer exists
 
@@ -66,8 +69,10 @@ def read(cfg: DictConfig) -> RunConfig:
         ckpt_path=cfg.get("ckpt_path"),
         init_from=cfg.get("init_from"),
         compile=cfg.get("compile", False),
+        activation_checkpointing=cfg.get("activation_checkpointing", False),
         keep_freed_memory=cfg.get("keep_freed_memory", True),
         processes=check_trainer(cfg.trainer),
+        sharded=sharded(cfg.trainer),
         seed=cfg.get("seed"),
         prompts=sample_prompts(cfg),
     )
@@ -84,7 +89,7 @@ def sample_prompts(cfg: DictConfig) -> dict[str, str]:
 
 def check(run: RunConfig, warn: bool = True) -> None:
     """What no single dataclass can judge: types of the top-level keys, and keys against each other and files."""
-    for key in ("compile", "keep_freed_memory"):
+    for key in ("compile", "activation_checkpointing", "keep_freed_memory"):
         if not isinstance(getattr(run, key), bool):
             raise ConfigError(f"{key} must be true or false, got {getattr(run, key)!r}")
     if not whole(run.max_steps) or run.max_steps <= 0:
@@ -114,6 +119,8 @@ def check(run: RunConfig, warn: bool = True) -> None:
         check_data_file(run.data)
     if run.ckpt_path and not Path(run.ckpt_path).exists():
         raise ConfigError(f"ckpt_path: checkpoint not found: {run.ckpt_path}")
+    if run.sharded and run.optim.name == "muon":
+        raise ConfigError("optim.name: muon orthogonalises whole matrices, which trainer=fsdp shards; use optim=adamw")
     if run.data.batch_size % run.processes:
         raise ConfigError(
             f"data.batch_size ({run.data.batch_size}) is the global batch: it must divide evenly over "
@@ -202,6 +209,28 @@ PRECISIONS = {
 }
 
 
+# Lightning's names for its FSDPStrategy (FSDP1): gptlab shards with FSDP2 (trainer=fsdp, gptlab.train.sharding)
+FSDP1_NAMES = ("fsdp", "fsdp_cpu_offload")
+
+
+def sharded(trainer: DictConfig) -> bool:
+    """Whether the trainer is trainer=fsdp's (gptlab.train.sharding)."""
+    strategy = trainer.get("strategy")
+    return isinstance(strategy, DictConfig) and strategy.get("_target_") == FSDP_TARGET
+
+
+# what Lightning's ModelParallelStrategy (trainer=fsdp) takes; `auto` resolves to one of them but on a GPU without bf16
+SHARDED_PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16-true", "16-true")
+
+
+def check_sharded_precision(precision: str) -> None:
+    if precision not in SHARDED_PRECISIONS:
+        raise ConfigError(
+            f"trainer.precision: {precision} does not shard (Lightning's ModelParallelStrategy); "
+            "trainer=fsdp takes bf16-mixed, bf16-true, 16-true or 32-true"
+        )
+
+
 def check_trainer(trainer: DictConfig) -> int:
     """The Trainer arguments that can be judged before anything runs; returns the number of processes."""
     nodes = trainer.get("num_nodes", 1)
@@ -217,6 +246,14 @@ def check_trainer(trainer: DictConfig) -> int:
             "trainer=mps needs one; use trainer=cpu (or trainer=gpu)"
         )
     devices = trainer.get("devices", 1)
+    if sharded(trainer) and not whole(devices):  # the strategy's data-parallel size is devices x num_nodes
+        raise ConfigError(f"trainer.devices: trainer=fsdp needs a number of processes, got {devices!r}")
+    strategy = trainer.get("strategy")
+    if strategy in FSDP1_NAMES:  # its flat shards would give the clipping (module.py) this rank's norm only
+        raise ConfigError(
+            f"trainer.strategy: {strategy!r} (Lightning's FSDPStrategy, FSDP1) is not supported; "
+            "use trainer=fsdp (FSDP2, on GPUs or CPU processes)"
+        )
     available = torch.cuda.device_count() if gpu else len(os.sched_getaffinity(0))
     if devices in ("auto", -1):
         devices = available
@@ -232,6 +269,8 @@ def check_trainer(trainer: DictConfig) -> int:
         raise ConfigError(f"trainer.precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     if precision.startswith("16") and not gpu:
         raise ConfigError(f"trainer.precision: {precision} needs a GPU; on the CPU use bf16-mixed or 32-true")
+    if sharded(trainer):
+        check_sharded_precision(precision)
     for key in ("accumulate_grad_batches", "log_every_n_steps"):
         value = trainer.get(key, 1)
         if not whole(value) or value < 1:
