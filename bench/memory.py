@@ -18,8 +18,8 @@ by the preset's model.vocab_multiple), micro-batch b windows of s tokens, width 
   LayerNorm inputs) and has no dropout masks with dropout 0 (-2·s·b·h). Outside the blocks: 6·s·b·h (the final
   norm's float32 input, the head's bf16 input) + 10·s·b·V (the loss's float32 log-probabilities kept for the
   backward, 4, and at the backward's start their float32 gradient, 4, and its bf16 cast, 2).
-- with activation checkpointing (gptlab has none yet; the column says what it would save): each block keeps only
-  its float32 input, 4·s·b·h, and one block's 36·s·b·h is recomputed at a time.
+- with activation checkpointing (`activation_checkpointing=true`, torch.utils.checkpoint per block): each block keeps
+  only its float32 input, 4·s·b·h, and one block's 36·s·b·h is recomputed at a time.
 
 Not counted: the CUDA context and NCCL buffers (about 0.5-1 GiB), the allocator's fragmentation, FSDP's prefetch of
 the next block, torch.compile's workspace. bench/gpu_distributed.py measures the peak on a GPU.
