@@ -16,7 +16,6 @@ from gptlab.checkpoints import resume
 from gptlab.checkpoints.atomic_io import AtomicCheckpointIO, remove_stray_temps
 from gptlab.checkpoints.pretrained import from_checkpoint
 from gptlab.checkpoints.resume import resume_checkpoint
-from gptlab.config.argv import saved_overrides
 from gptlab.errors import GptlabError
 from gptlab.train.module import GPTLitModule
 from gptlab.train.run import train
@@ -196,31 +195,6 @@ def test_resume_takes_the_highest_step_whatever_the_file_times(tmp_path, monkeyp
     assert path == folder / chosen and ckpt["global_step"] == max(best_step, last_step)
     # the step of each, from its small index only; then the one chosen, whole
     assert read == [("best.ckpt", {"lazy": True}), ("last.ckpt", {"lazy": True}), (chosen, {})]
-
-
-@pytest.mark.parametrize(
-    "hpc_step, chosen",
-    [(14, "checkpoints/last.ckpt"), (15, "checkpoints/last.ckpt"), (16, "hpc_ckpt_2.ckpt")],
-    ids=["last-further", "tie-goes-to-checkpoints", "hpc-further"],
-)
-def test_lightnings_slurm_requeue_checkpoints_count_at_their_step(tmp_path, hpc_step, chosen):
-    run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    now = time.time()
-    saved(run / "checkpoints" / "last.ckpt", 15, now - 60)
-    saved(run / "hpc_ckpt_1.ckpt", 3, now)  # an earlier requeue's
-    saved(run / "hpc_ckpt_2.ckpt", hpc_step, now)  # where Lightning saves on SIGUSR1: the run folder itself
-    path, ckpt = resume_checkpoint(run)
-    assert path == run / chosen and ckpt["global_step"] == max(15, hpc_step)
-
-
-def test_a_run_with_only_a_requeue_checkpoint_resumes(tmp_path):
-    run = tmp_path / "run"
-    (run / ".hydra").mkdir(parents=True)
-    (run / ".hydra" / "overrides.yaml").write_text("- model=gpt_nano\n")
-    saved(run / "hpc_ckpt_1.ckpt", 7, time.time())
-    assert saved_overrides(run) == ["model=gpt_nano"]
-    assert resume_checkpoint(run)[0] == run / "hpc_ckpt_1.ckpt"
 
 
 def test_a_named_corrupt_checkpoint_is_an_error_naming_it(tmp_path):

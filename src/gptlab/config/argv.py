@@ -77,8 +77,7 @@ def saved_overrides(folder: Path) -> list[str]:
     overrides = folder / ".hydra" / "overrides.yaml"
     if not overrides.is_file():
         raise GptlabError(f"resume: {folder} is not a run folder (no .hydra/overrides.yaml)")
-    # Lightning's SLURM requeue checkpoints (hpc_ckpt_<n>.ckpt) lie in the run folder itself
-    if not any((folder / "checkpoints").glob("*.ckpt")) and not any(folder.glob("hpc_ckpt_*.ckpt")):
+    if not any((folder / "checkpoints").glob("*.ckpt")):
         raise GptlabError(f"resume: no checkpoint in {folder / 'checkpoints'}: nothing to resume")
     saved = yaml.safe_load(overrides.read_text()) or []
     return [o for o in saved if o.split("=", 1)[0].lstrip("+~") not in NOT_CARRIED]
