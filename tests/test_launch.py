@@ -1,6 +1,7 @@
 """One run, one folder, however the processes are launched: Lightning, torchrun, srun, or nodes started by hand;
 and the same weights as one process on the same global batch."""
 
+import logging
 import os
 import socket
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from conftest import ROOT, make_config, run_cli
-from gptlab.checkpoints.interruptions import Interruptions
+from gptlab.checkpoints.interruptions import Interruptions, ReliabilityConfig, requeue_job
 from gptlab.config.launch import (
     first_process,
     later_process_of_external_launch,
@@ -175,6 +176,48 @@ def test_a_later_process_stops_naming_the_checkpoint_rank_0_writes():
     callback = Interruptions(".", stop_at_step=2)
     callback.setup(SimpleNamespace(strategy=SimpleNamespace(broadcast=lambda obj, src=0: rank0)), None, "fit")
     assert callback.path == Path(rank0)
+
+
+@pytest.mark.parametrize(
+    "env, slurm_requeue, job",
+    [
+        (BATCH_JOB, True, "77"),
+        (BATCH_JOB, False, None),  # SIGUSR1 then ends the process, as it ends any program
+        ({}, True, None),
+        ({**BATCH_JOB, "SLURM_JOB_NAME": "interactive"}, True, None),
+        ({**BATCH_JOB, "SLURM_ARRAY_JOB_ID": "70", "SLURM_ARRAY_TASK_ID": "3"}, True, "70_3"),  # as scontrol names it
+    ],
+)
+def test_sigusr1_requeues_the_slurm_batch_job_it_runs_in(env, slurm_requeue, job):
+    assert requeue_job(ReliabilityConfig(slurm_requeue=slurm_requeue), env) == job
+
+
+@pytest.mark.parametrize(
+    "scontrol, line",
+    [
+        (None, "could not requeue SLURM job 77: no scontrol on PATH"),
+        (
+            "echo 'scontrol: error: Invalid job id specified' >&2; exit 1",
+            "could not requeue SLURM job 77: scontrol: scontrol: error: Invalid job id specified",
+        ),
+        (
+            'echo "$@" > "$(dirname "$0")/args"',
+            "requeued SLURM job 77: it continues this run when SLURM starts it again",
+        ),
+    ],
+    ids=["missing", "failing", "requeued"],
+)
+def test_requeueing_says_in_one_line_whether_it_worked(tmp_path, monkeypatch, caplog, scontrol, line):
+    if scontrol is not None:
+        (tmp_path / "scontrol").write_text(f"#!/bin/sh\n{scontrol}\n")
+        (tmp_path / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("ARGS", str(tmp_path / "args"))
+    with caplog.at_level(logging.WARNING):
+        Interruptions(".", requeue="77")._requeue()
+    assert [r.getMessage() for r in caplog.records] == [line]
+    if "ARGS" in (scontrol or ""):
+        assert (tmp_path / "args").read_text() == "requeue 77\n"
 
 
 # A few steps of gpt_nano without dropout on the global batch of 8: the same final weights, to fp32's rounding,
