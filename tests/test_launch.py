@@ -1,6 +1,7 @@
 """One run, one folder, however the processes are launched: Lightning, torchrun, srun, or nodes started by hand;
 and the same weights as one process on the same global batch."""
 
+import logging
 import os
 import socket
 import subprocess
@@ -12,8 +13,14 @@ import pytest
 import torch
 
 from conftest import ROOT, make_config, run_cli
-from gptlab.checkpoints.interruptions import Interruptions
-from gptlab.config.launch import first_process, later_process_of_external_launch, launch_mismatch, launch_overrides
+from gptlab.checkpoints.interruptions import Interruptions, ReliabilityConfig, requeue_job
+from gptlab.config.launch import (
+    first_process,
+    later_process_of_external_launch,
+    launch_mismatch,
+    launch_overrides,
+    slurm_job_overrides,
+)
 from gptlab.errors import ConfigError
 from gptlab.train.run import train
 from gptlab.train.run_config import validate
@@ -38,6 +45,58 @@ def test_which_process_of_a_launch(env, first, later):
     quiet = ["hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none", "hydra.run.dir=."]
     extra = quiet if later else []
     assert launch_overrides(argv, env) == [*argv, *extra]
+
+
+BATCH_JOB = {"SLURM_JOB_ID": "77", "SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_JOB_NAME": "train"}
+JOB_FOLDER = "${paths.log_dir}/runs/slurm-77"
+SLURM_JOBS = [  # environment, command line, what is added to it
+    ({}, [], []),  # not SLURM
+    ({**BATCH_JOB, "SLURM_JOB_NAME": "bash"}, [], []),  # salloc's shell: Lightning does not see SLURM either
+    (BATCH_JOB, [], [f"hydra.run.dir={JOB_FOLDER}"]),  # the job's first start
+    ({**BATCH_JOB, "SLURM_RESTART_COUNT": "0"}, [], [f"hydra.run.dir={JOB_FOLDER}"]),
+    ({**BATCH_JOB, "SLURM_RESTART_COUNT": "2"}, [], [f"hydra.run.dir={JOB_FOLDER}", f"ckpt_path={JOB_FOLDER}"]),
+    (
+        {**BATCH_JOB, "SLURM_RESTART_COUNT": "1"},
+        ["ckpt_path=other/run"],
+        [f"hydra.run.dir={JOB_FOLDER}", f"ckpt_path={JOB_FOLDER}"],
+    ),
+    (
+        {**BATCH_JOB, "SLURM_ARRAY_JOB_ID": "70", "SLURM_ARRAY_TASK_ID": "3"},
+        [],
+        ["hydra.run.dir=${paths.log_dir}/runs/slurm-70_3"],
+    ),
+    ({**BATCH_JOB, "SLURM_RESTART_COUNT": "1"}, ["hydra.run.dir=mine"], []),  # a folder of the user's own
+    ({**BATCH_JOB, "SLURM_RESTART_COUNT": "1"}, ["resume=logs/runs/x"], []),
+    ({**BATCH_JOB, "SLURM_RESTART_COUNT": "1"}, ["-m", "model.n_layer=2,4"], []),  # a sweep: folders of its own
+    ({**BATCH_JOB, "SLURM_NTASKS": "2", "SLURM_PROCID": "1"}, [], []),  # srun's task 1: rank 0's folder, in .
+    (
+        {**BATCH_JOB, "SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_RESTART_COUNT": "1"},
+        [],
+        [f"ckpt_path={JOB_FOLDER}"],
+    ),
+]
+
+
+@pytest.mark.parametrize("env, argv, added", SLURM_JOBS)
+def test_a_slurm_batch_jobs_run_folder_is_named_for_the_job(env, argv, added):
+    assert slurm_job_overrides(argv, env) == added
+
+
+def test_a_requeued_srun_task_resumes_rank_0s_folder_and_makes_none_of_its_own():
+    env = {**BATCH_JOB, "SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_RESTART_COUNT": "1"}
+    quiet = ["hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    assert launch_overrides(["model=gpt_nano"], env) == [
+        "model=gpt_nano",
+        f"ckpt_path={JOB_FOLDER}",
+        *quiet,
+        "hydra.run.dir=.",
+    ]
+
+
+def test_a_slurm_jobs_folder_is_composed_under_paths_log_dir(tmp_path):
+    env = {**BATCH_JOB, "SLURM_RESTART_COUNT": "1"}
+    cfg = make_config([f"paths.log_dir={tmp_path}", *slurm_job_overrides([], env)[1:]], tmp_path / "out")
+    assert cfg.ckpt_path == f"{tmp_path}/runs/slurm-77"
 
 
 def test_a_later_process_keeps_a_folder_it_was_given():
@@ -117,6 +176,48 @@ def test_a_later_process_stops_naming_the_checkpoint_rank_0_writes():
     callback = Interruptions(".", stop_at_step=2)
     callback.setup(SimpleNamespace(strategy=SimpleNamespace(broadcast=lambda obj, src=0: rank0)), None, "fit")
     assert callback.path == Path(rank0)
+
+
+@pytest.mark.parametrize(
+    "env, slurm_requeue, job",
+    [
+        (BATCH_JOB, True, "77"),
+        (BATCH_JOB, False, None),  # SIGUSR1 then ends the process, as it ends any program
+        ({}, True, None),
+        ({**BATCH_JOB, "SLURM_JOB_NAME": "interactive"}, True, None),
+        ({**BATCH_JOB, "SLURM_ARRAY_JOB_ID": "70", "SLURM_ARRAY_TASK_ID": "3"}, True, "70_3"),  # as scontrol names it
+    ],
+)
+def test_sigusr1_requeues_the_slurm_batch_job_it_runs_in(env, slurm_requeue, job):
+    assert requeue_job(ReliabilityConfig(slurm_requeue=slurm_requeue), env) == job
+
+
+@pytest.mark.parametrize(
+    "scontrol, line",
+    [
+        (None, "could not requeue SLURM job 77: no scontrol on PATH"),
+        (
+            "echo 'scontrol: error: Invalid job id specified' >&2; exit 1",
+            "could not requeue SLURM job 77: scontrol: scontrol: error: Invalid job id specified",
+        ),
+        (
+            'echo "$@" > "$(dirname "$0")/args"',
+            "requeued SLURM job 77: it continues this run when SLURM starts it again",
+        ),
+    ],
+    ids=["missing", "failing", "requeued"],
+)
+def test_requeueing_says_in_one_line_whether_it_worked(tmp_path, monkeypatch, caplog, scontrol, line):
+    if scontrol is not None:
+        (tmp_path / "scontrol").write_text(f"#!/bin/sh\n{scontrol}\n")
+        (tmp_path / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("ARGS", str(tmp_path / "args"))
+    with caplog.at_level(logging.WARNING):
+        Interruptions(".", requeue="77")._requeue()
+    assert [r.getMessage() for r in caplog.records] == [line]
+    if "ARGS" in (scontrol or ""):
+        assert (tmp_path / "args").read_text() == "requeue 77\n"
 
 
 # A few steps of gpt_nano without dropout on the global batch of 8: the same final weights, to fp32's rounding,

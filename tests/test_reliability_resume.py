@@ -104,9 +104,9 @@ def test_stopped_and_resumed_run_is_bit_identical(tmp_path, corpus, reference, s
     assert_identical(run, reference)
 
 
-def start(logs, corpus):
+def start(logs, corpus, extra_env=None):
     cmd = [sys.executable, str(ROOT / "src" / "train.py"), *ARGS, f"data.path={corpus}", f"paths.log_dir={logs}"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -129,6 +129,53 @@ def test_a_signal_saves_the_current_step_exits_nonzero_and_resumes_exactly(tmp_p
     assert "--- sample from the final model ---" not in stderr
 
     train(logs, corpus, f"resume={run}")
+    assert_identical(run, reference)
+
+
+def slurm_job(tmp_path, job_id, restarts=0):
+    """The environment of a one-task SLURM batch job as srun sets it, with `scontrol` recording its arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text('#!/bin/sh\necho "$@" >> "$SCONTROL_LOG"\n')
+    scontrol.chmod(0o755)
+    task = {"SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NNODES": "1"}
+    return {
+        **task,
+        "SLURM_JOB_ID": job_id,
+        "SLURM_JOB_NAME": "train",
+        "SLURM_NODELIST": "localhost",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_RESTART_COUNT": str(restarts),
+        "SCONTROL_LOG": str(tmp_path / "scontrol.log"),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    }
+
+
+@pytest.mark.slow
+def test_a_requeued_slurm_job_continues_its_run_in_its_folder_exactly(tmp_path, corpus, reference):
+    logs = tmp_path / "logs"
+    process = start(logs, corpus, slurm_job(tmp_path, "4242"))
+    run = logs / "runs" / "slurm-4242"
+    deadline = time.monotonic() + 600
+    while not (run / "checkpoints" / "best.ckpt").exists():  # under way: the first validation has saved
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGUSR1)  # `#SBATCH --signal=SIGUSR1@90`: save at the step's end, requeue the job
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 128 + signal.SIGUSR1, stderr[-2000:]
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
+    step = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 25 <= step < 75
+    assert f"stopped by signal SIGUSR1 after step {step}; checkpoint {run / 'checkpoints' / 'last.ckpt'}" in stderr
+    assert "requeued SLURM job 4242: it continues this run when SLURM starts it again" in stderr
+    assert not list(run.glob("hpc_ckpt_*.ckpt"))  # Lightning's own requeue, which saves mid-step, is off
+
+    restarted = start(logs, corpus, slurm_job(tmp_path, "4242", restarts=1))  # the same script, started again
+    _, stderr = restarted.communicate(timeout=600)
+    assert restarted.returncode == 0, stderr[-2000:]
+    assert f"Restoring states from the checkpoint path at {run / 'checkpoints' / 'last.ckpt'}" in stderr
+    assert only_run(logs) == run
     assert_identical(run, reference)
 
 

@@ -5,6 +5,10 @@ torchrun, srun and a second node started by hand start every process of a run at
 timestamped folder of its own. So only the run's first process owns a folder; a later one of such a launch gets
 `hydra.run.dir=.` with nothing written by Hydra (no .hydra/, no log file, no log handler). Nothing is lost:
 Lightning sends rank 0's checkpoint folder to every rank, and only rank 0 writes checkpoints, logs and the config.
+
+A SLURM batch job's run folder is named for the job, `${paths.log_dir}/runs/slurm-<job id>`, so that the job, once
+requeued (SLURM starts the same script again, with the same job id and SLURM_RESTART_COUNT > 0), finds its own run
+and continues it from its furthest checkpoint, on every process, as `resume=<run folder>` would.
 """
 
 from __future__ import annotations
@@ -32,13 +36,52 @@ def first_process(env: Mapping[str, str] = os.environ) -> bool:
 
 
 def launch_overrides(argv: list[str], env: Mapping[str, str] = os.environ) -> list[str]:
-    """argv, with what keeps a later process of an external launch from making a run folder of its own."""
+    """argv, with the SLURM job's run folder, and what keeps a later process of an external launch from making a
+    run folder of its own."""
+    own_dir = any(a.startswith("hydra.run.dir=") for a in argv)
+    argv = [*argv, *slurm_job_overrides(argv, env)]
     if not later_process_of_external_launch(env):
         return argv
     # no log handlers at all: a refusal prints its one line on stderr, not through Hydra's own handler on stdout
     quiet = ["hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"]
-    own_dir = any(a.startswith("hydra.run.dir=") for a in argv)
     return [*argv, *quiet, *([] if own_dir else ["hydra.run.dir=."])]
+
+
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def slurm_batch_job(env: Mapping[str, str]) -> str | None:
+    """The SLURM job this process runs in, as `scontrol requeue` names it (`<array job>_<task>` for an array's
+    task), when Lightning sees SLURM (not an interactive shell); else None."""
+    if not srun_launch(env) or not env.get("SLURM_JOB_ID"):
+        return None
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env["SLURM_JOB_ID"]
+
+
+def slurm_run_folder(env: Mapping[str, str]) -> str | None:
+    """`${paths.log_dir}/runs/slurm-<job>`: the same on every process of the job and at every start of it, where a
+    folder named for the time would differ. (One folder per job: a script that trains twice names a second one.)"""
+    job = slurm_batch_job(env)
+    return None if job is None else "${paths.log_dir}/runs/slurm-" + job
+
+
+def slurm_job_overrides(argv: list[str], env: Mapping[str, str] = os.environ) -> list[str]:
+    """In a SLURM batch job: the job's run folder (the first process's), and on a requeued start (SLURM_RESTART_COUNT
+    > 0), `ckpt_path` at that folder on every process: the run continues from its furthest checkpoint there.
+
+    Nothing when the command names its own folder (hydra.run.dir= or resume=) or is a sweep (-m), outside SLURM, or
+    in a job that Lightning does not see as SLURM.
+    """
+    folder = slurm_run_folder(env)
+    keys = [a.split("=", 1)[0] for a in argv if "=" in a and not a.startswith("-")]
+    if folder is None or "hydra.run.dir" in keys or "resume" in keys or set(argv) & set(MULTIRUN_FLAGS):
+        return []
+    overrides = [f"hydra.run.dir={folder}"] if not later_process_of_external_launch(env) else []
+    if _number(env, "SLURM_RESTART_COUNT") > 0:
+        overrides.append(f"ckpt_path={folder}")
+    return overrides
 
 
 def torchrun_launch(env: Mapping[str, str]) -> bool:

@@ -15,7 +15,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from gptlab.checkpoints.compatibility import check_fits
-from gptlab.checkpoints.interruptions import Interruptions, plugins
+from gptlab.checkpoints.interruptions import Interruptions, plugins, requeue_job
 from gptlab.checkpoints.pretrained import Pretrained, from_checkpoint, load_pretrained
 from gptlab.checkpoints.resume import resume_checkpoint
 from gptlab.checkpoints.rng_state import RNGState
@@ -117,7 +117,9 @@ def build_trainer(
     """The Trainer the config describes, with gptlab's own callbacks and plugins for checkpoints and signals."""
     callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     callbacks += extra_callbacks or []
-    interruptions = Interruptions(output_dir / "checkpoints", run.reliability.stop_at_step)
+    interruptions = Interruptions(
+        output_dir / "checkpoints", run.reliability.stop_at_step, requeue_job(run.reliability)
+    )
     callbacks += [RNGState(), interruptions, FinalValidation(interruptions)]  # in this order (FinalValidation says why)
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar it was told not to show
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
@@ -132,7 +134,7 @@ def build_trainer(
         callbacks=callbacks,
         logger=loggers.build(cfg.get("logger")),
         precision=precision,
-        plugins=plugins(run.reliability),
+        plugins=plugins(),
         **unprofiled,
     )
 
