@@ -70,10 +70,10 @@ export:  ## a run's weights as a Hugging Face GPT-2 folder (CKPT=..., OUT=folder
 	$(PY) src/export.py ckpt_path=$(CKPT) out_dir=$(OUT) $(ARGS)
 
 test:  ## the fast test suite, two pytest workers (about 4 min on 2 cores)
-	$(PY) -m pytest -q -n 2 -m "not slow"
+	$(PY) -m pytest -q -n 2 -m "not slow" --durations=10
 
 test-slow:  ## the slow end-to-end tests
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow --durations=15
 
 test-all:  ## both
 	$(PY) -m pytest -q
