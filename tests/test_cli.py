@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from conftest import run_cli
 from tb import scalars
@@ -95,19 +94,6 @@ def test_unusable_data_files_are_refused(content, message, tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_on_two_cpu_processes_writes_one_run(tmp_path, small_corpus):
-    logs = tmp_path / "logs"
-    result = run_cli(
-        "train.py", *QUICK, "trainer=ddp", "trainer.devices=2", f"data.path={small_corpus}", f"paths.log_dir={logs}"
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    [run] = (logs / "runs").iterdir()
-    assert len(list(run.glob("events.out.tfevents.*"))) == 1  # rank 0 alone logs
-    assert {p.name for p in (run / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
-    assert result.stdout.count("--- sample from the final model ---") == 1
-
-
-@pytest.mark.slow
 def test_gpt_small_learns_shakespeare(tmp_path, shakespeare):
     logs = tmp_path / "logs"
     args = [
@@ -121,27 +107,6 @@ def test_gpt_small_learns_shakespeare(tmp_path, shakespeare):
     [run] = (logs / "runs").iterdir()
     [(_, val_loss)] = scalars(run, "val/loss")
     assert val_loss < 2.5  # from ln(65) = 4.17 at the start
-
-
-@pytest.mark.slow
-def test_streamed_parquet_trains_with_ddp_on_two_cpu_processes(tmp_path, shakespeare):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    shards = tmp_path / "shards"
-    shards.mkdir()
-    paragraphs = shakespeare.read_text().split("\n\n")
-    for s in range(4):
-        pq.write_table(pa.table({"text": paragraphs[s::4]}), shards / f"part-{s}.parquet")
-    logs = tmp_path / "logs"
-    args = [*QUICK, "trainer=ddp", "data=text_files", f"data.files=[{shards}]", "data.num_workers=2"]
-    result = run_cli("train.py", *args, f"paths.log_dir={logs}", f"paths.data_dir={tmp_path / 'cache'}")
-    assert result.returncode == 0, result.stderr[-2000:]
-    [run] = (logs / "runs").iterdir()
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt["global_step"] == 4
-    [loader] = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"]
-    assert len(loader["ranks"]) == 2 and loader["ranks"][0] != loader["ranks"][1]  # each rank's own position
 
 
 def test_unreachable_hub_dataset_is_one_line(tmp_path):

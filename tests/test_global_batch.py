@@ -1,5 +1,6 @@
 """One meaning for data.batch_size: the global batch, on one process or several, for text files and streamed data;
-and training metrics through Lightning: train/loss is the global batch's mean and callbacks can monitor it."""
+and training metrics through Lightning: train/loss is the global batch's mean and callbacks can monitor it; two
+processes end with one process's weights, and write one run's files."""
 
 from pathlib import Path
 
@@ -47,8 +48,13 @@ def run_both(tmp_path: Path, data: list[str]) -> tuple[Path, Path]:
         logs = tmp_path / name
         result = run_cli("train.py", *ARGS, *data, *extra, f"paths.log_dir={logs}", f"paths.data_dir={tmp_path}/data")
         assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.count("--- sample from the final model ---") == 1  # printed once, by rank 0
         runs.append(only_run(logs))
     return runs[0], runs[1]
+
+
+def last_checkpoint(run: Path) -> dict:
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
 
 
 @pytest.mark.slow
@@ -61,6 +67,12 @@ def test_text_file_batch_is_global_and_train_loss_is_its_mean(tmp_path, small_co
     assert [s for s, _ in loss_one] == [s for s, _ in loss_two] and len(loss_one) == STEPS
     # the same windows, split over two processes: the mean over the global batch equals one process's loss
     torch.testing.assert_close([v for _, v in loss_two], [v for _, v in loss_one], rtol=1e-5, atol=1e-5)
+    # and the same weights at the end, written once, by rank 0
+    single, ddp = last_checkpoint(one)["state_dict"], last_checkpoint(two)["state_dict"]
+    for key, value in single.items():
+        torch.testing.assert_close(ddp[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    assert len(list(two.glob("events.out.tfevents.*"))) == 1
+    assert {p.name for p in (two / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
 
 
 @pytest.mark.slow
@@ -68,8 +80,9 @@ def test_streamed_batch_is_global_too(tmp_path):
     one, two = run_both(tmp_path, streamed_corpus(tmp_path / "shards"))
     for run in (one, two):
         assert scalars(run, "perf/tokens_seen")[-1][1] == STEPS * 8 * 32
-        ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-        assert ckpt["global_step"] == STEPS
+        assert last_checkpoint(run)["global_step"] == STEPS
+    [loader] = last_checkpoint(two)["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert len(loader["ranks"]) == 2 and loader["ranks"][0] != loader["ranks"][1]  # each rank's own position
 
 
 def test_train_loss_can_be_monitored_by_checkpoint_and_early_stopping(tmp_path, small_corpus):
