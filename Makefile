@@ -69,11 +69,13 @@ evaluate:  ## loss, perplexity, bits/char on the validation split (CKPT=run fold
 export:  ## a run's weights as a Hugging Face GPT-2 folder (CKPT=..., OUT=folder, default $(CKPT)/hf)
 	$(PY) src/export.py ckpt_path=$(CKPT) out_dir=$(OUT) $(ARGS)
 
+# Two pytest workers, each test process's torch on one thread: two busy cores, not four threads fighting over
+# them; the slow tests by file, so a module's shared run is made once.
 test:  ## the fast test suite, two pytest workers (about 4 min on 2 cores)
-	$(PY) -m pytest -q -n 2 -m "not slow" --durations=10
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 -m "not slow" --durations=10
 
 test-slow:  ## the slow end-to-end tests
-	$(PY) -m pytest -q -m slow --durations=15
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile -m slow --durations=15
 
 test-all:  ## both
 	$(PY) -m pytest -q

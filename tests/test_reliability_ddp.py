@@ -1,4 +1,4 @@
-"""trainer=ddp_cpu: the same global batch as one process, split across ranks (the weights at the end: test_global_batch)."""
+"""trainer=ddp_cpu: the global batch of one process, split across ranks (the final weights: test_global_batch)."""
 
 from types import SimpleNamespace
 
