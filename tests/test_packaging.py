@@ -91,49 +91,33 @@ def test_the_wheel_trains_and_generates_from_an_empty_folder(tmp_path, shakespea
     (work / "my.txt").write_text(shakespeare.read_text()[:20_000])
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TINYSHAKESPEARE_PATH")}
 
-    where = subprocess.run(
-        [str(python), "-c", "import gptlab.commands as c; print(c.__file__); print(c.config_dir())"],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    assert all(Path(p).is_relative_to(tmp_path / "venv") for p in where), where  # the wheel's copy, not the checkout
+    def in_empty_folder(*command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=600)
 
-    help_text = subprocess.run(
-        [str(bin_dir / "gptlab-train"), "--help"], cwd=work, env=env, capture_output=True, text=True, timeout=120
-    ).stdout
+    where = in_empty_folder(str(python), "-c", "import gptlab.commands as c; print(c.__file__); print(c.config_dir())")
+    paths = where.stdout.split()
+    assert where.returncode == 0 and len(paths) == 2, where.stderr[-3000:]
+    assert all(Path(p).is_relative_to(tmp_path / "venv") for p in paths), paths  # the wheel's copy, not the checkout
+
+    help_text = in_empty_folder(str(bin_dir / "gptlab-train"), "--help").stdout
     assert help_text.startswith("Train a GPT: gptlab-train [group=option ...]") and "logger: csv, many" in help_text
 
-    train = subprocess.run(
-        [
-            str(bin_dir / "gptlab-train"),
-            "model=gpt_nano",
-            "data.path=my.txt",
-            "trainer.max_steps=8",
-            "trainer.val_check_interval=4",
-            "trainer.enable_progress_bar=false",
-            "sample.max_new_tokens=10",
-        ],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    train = in_empty_folder(
+        str(bin_dir / "gptlab-train"),
+        "model=gpt_nano",
+        "data.path=my.txt",
+        "trainer.max_steps=8",
+        "trainer.val_check_interval=4",
+        "trainer.enable_progress_bar=false",
+        "sample.max_new_tokens=10",
     )
     assert train.returncode == 0, train.stderr[-3000:]
     (run,) = (work / "logs" / "runs").iterdir()
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert sorted(p.name for p in work.iterdir()) == ["logs", "my.txt"]  # nothing else written in the folder
 
-    generate = subprocess.run(
-        [str(bin_dir / "gptlab-generate"), f"ckpt_path={run}", "prompt=ROMEO:", "max_new_tokens=20", "num_samples=1"],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    generate = in_empty_folder(
+        str(bin_dir / "gptlab-generate"), f"ckpt_path={run}", "prompt=ROMEO:", "max_new_tokens=20", "num_samples=1"
     )
     assert generate.returncode == 0, generate.stderr[-3000:]
     sample = generate.stdout.split("\n---------------")[0]
