@@ -137,31 +137,29 @@ def warnings(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
 
 
+def assert_falls_back_to_best(tmp_path, folder, caplog, why: str) -> None:
+    """The run resumes from best.ckpt (step 4), with a warning naming the unreadable last.ckpt and why."""
+    with caplog.at_level(logging.WARNING):
+        path, ckpt = resume_checkpoint(tmp_path / "run")
+    assert path == folder / "best.ckpt" and ckpt["global_step"] == 4
+    assert warnings(caplog) == [
+        f"skipping unreadable checkpoint: ckpt_path: cannot read checkpoint {folder / 'last.ckpt'}: {why}",
+        f"resuming from {path} (step 4) instead of the unreadable last.ckpt",
+    ]
+
+
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one_with_a_warning(tmp_path, caplog):
     folder = checkpoint_folder(tmp_path, None)
     torch.save({"global_step": 8, "state_dict": {"w": torch.zeros(1000)}}, folder / "last.ckpt")
     # a real checkpoint, cut short as a full disk or an interrupted copy leaves it
     (folder / "last.ckpt").write_bytes((folder / "last.ckpt").read_bytes()[:1500])
-    with caplog.at_level(logging.WARNING):
-        path, ckpt = resume_checkpoint(tmp_path / "run")
-    assert path == folder / "best.ckpt" and ckpt["global_step"] == 4
-    assert warnings(caplog) == [
-        f"skipping unreadable checkpoint: ckpt_path: cannot read checkpoint {folder / 'last.ckpt'}: "
-        "truncated: an incomplete zip archive (a save or copy cut short)",
-        f"resuming from {path} (step 4) instead of the unreadable last.ckpt",
-    ]
+    why = "truncated: an incomplete zip archive (a save or copy cut short)"
+    assert_falls_back_to_best(tmp_path, folder, caplog, why)
 
 
 def test_an_empty_newest_checkpoint_falls_back_to_the_previous_one_with_a_warning(tmp_path, caplog):
     folder = checkpoint_folder(tmp_path, b"")  # a copy or a save cut short before its first byte
-    with caplog.at_level(logging.WARNING):
-        path, ckpt = resume_checkpoint(tmp_path / "run")
-    assert path == folder / "best.ckpt" and ckpt["global_step"] == 4
-    assert warnings(caplog) == [
-        f"skipping unreadable checkpoint: ckpt_path: cannot read checkpoint {folder / 'last.ckpt'}: "
-        "the file is empty (0 bytes): a save or a copy was cut short",
-        f"resuming from {path} (step 4) instead of the unreadable last.ckpt",
-    ]
+    assert_falls_back_to_best(tmp_path, folder, caplog, "the file is empty (0 bytes): a save or a copy was cut short")
 
 
 def test_every_checkpoint_unreadable_is_one_line_naming_them(tmp_path):
