@@ -18,7 +18,7 @@ help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 install:  ## a virtual environment in .venv with gptlab, its dependencies and the dev tools (CPU torch here)
-	python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 -e ".[dev]"
+	python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 -e ".[dev,lora,eval]"
 
 train:  ## train gpt_small on tinyshakespeare (the shipped copy; DATA=your own input.txt; ARGS=more overrides)
 	$(PY) src/train.py model=gpt_small data=tinyshakespeare $(DATA_PATH) $(ARGS)
