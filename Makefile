@@ -11,7 +11,7 @@ CKPT ?= $(lastword $(sort $(patsubst %/checkpoints/,%,$(dir $(wildcard logs/runs
 OUT ?= $(CKPT)/hf
 
 .PHONY: help install wheel train resume prepare sweep search report tb generate serve evaluate export bench-generate \
-	bench-serve bench-data bench bench-nan-guard bench-muon bench-adamw bench-startup bench-memory bench-gpu speedrun test test-slow \
+	bench-serve bench-data bench bench-nan-guard bench-muon bench-adamw bench-startup bench-memory bench-gpu bench-mfu speedrun test test-slow \
 	test-all lint clean
 
 help:  ## list the targets
@@ -100,6 +100,9 @@ bench-nan-guard:  ## what the non-finite loss/gradient guard costs per optimizer
 
 bench-memory:  ## GPU memory per process to train gpt2 .. gpt2_xl, DDP vs FSDP over 8 GPUs, computed (ARGS=--batch 8 etc.)
 	$(PY) bench/memory.py $(ARGS)
+
+bench-mfu:  ## on one GPU: gpt2's tokens/s and MFU, Lightning and a plain loop, per lever (batch, accumulation, chunked loss, CUDA graphs)
+	$(PY) bench/gpu_mfu.py $(ARGS)
 
 bench-gpu:  ## on one GPU: gpt2, gpt2_medium with DDP and FSDP: tokens/s, MFU, peak memory, stop + resume (ARGS=--compile)
 	$(PY) bench/gpu_distributed.py $(ARGS)

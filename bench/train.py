@@ -9,7 +9,9 @@ loading, callbacks and logging included. Being seconds apart at most, the two se
 so its drifts (up to 30% here from minute to minute) cancel. The first `--warmup` steps of every round are dropped;
 ms/step and tokens/s are means over all rounds' timed steps (logging steps included, every log_every_n_steps);
 Lightning/plain is the median of the rounds' own ratios, with their range. Memory is the resident set after a
-short run of each path alone.
+short run of each path alone. With trainer.accumulate_grad_batches=k a step in the table is one micro-batch (every
+k-th also clips and steps the optimizer, in both paths), and --warmup counts optimizer steps. The plain twin
+compiles as the run does (compile, compile_mode) and computes the loss as it does (chunked_loss).
 """
 
 from __future__ import annotations
@@ -95,15 +97,25 @@ def config(overrides: list[str], out: Path):
 
 
 def plain_stepper(
-    model: GPT, optim: OptimConfig, max_steps: int, batches, bf16: bool, clip: float | None, compile: bool = False
+    model: GPT,
+    optim: OptimConfig,
+    max_steps: int,
+    batches,
+    bf16: bool,
+    clip: float | None,
+    compile_mode: str | None = None,
+    accumulate: int = 1,
 ):
-    """A function that takes one step of the plain loop and returns its marks (fetch: before its batch is read)."""
+    """A function that takes one micro-batch of the plain loop and returns its marks (fetch: before its batch is
+    read); every `accumulate`-th also clips and steps the optimizer, as Lightning's accumulate_grad_batches does."""
     device = next(model.parameters()).device
-    forward = torch.compile(model.forward) if compile else model.forward
+    forward = torch.compile(model.forward, mode=compile_mode) if compile_mode else model.forward
     optimizer, scheduler = build(model, optim, max_steps)
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    micro_batches = 0
 
     def step() -> dict[str, float]:
+        nonlocal micro_batches
         sync()  # the Lightning step before may still be running on a GPU: its time is its own
         marks = {"fetch": time.perf_counter()}
         x, y = (t.to(device, non_blocking=True) for t in next(batches))
@@ -111,12 +123,14 @@ def plain_stepper(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             _, loss = forward(x, y)
         marks["forward"] = time.perf_counter()
-        loss.backward()
+        (loss / accumulate).backward()
         marks["backward"] = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip or float("inf"))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
+        micro_batches += 1
+        if micro_batches % accumulate == 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip or float("inf"))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
         sync()
         marks["end"] = time.perf_counter()
         return marks
@@ -133,9 +147,12 @@ class PlainTwin(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
         batches = iter(trainer.datamodule.train_dataloader())
         bf16 = "bf16" in str(trainer.precision)
-        model, clip = copy.deepcopy(pl_module.model), trainer.gradient_clip_val
-        compiled = pl_module.hparams.get("compile", False)
-        self._step = plain_stepper(model, pl_module.optim_config, trainer.max_steps, batches, bf16, clip, compiled)
+        model, clip = copy.deepcopy(pl_module.model), trainer.gradient_clip_val  # chunked_loss comes with it
+        mode = pl_module._compile_mode if pl_module._compile else None
+        accumulate = trainer.accumulate_grad_batches
+        self._step = plain_stepper(
+            model, pl_module.optim_config, trainer.max_steps, batches, bf16, clip, mode, accumulate
+        )
 
     def on_train_batch_end(self, *args) -> None:
         self.steps.append(self._step())
@@ -161,8 +178,10 @@ def solo_rss(overrides: list[str], steps: int) -> dict[str, int]:
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
     bf16, batches = "bf16" in str(cfg.trainer.precision), iter(data.train_dataloader())
     model = GPT(run.model).to(device)
-    step = plain_stepper(model, run.optim, steps, batches, bf16, cfg.trainer.gradient_clip_val, run.compile)
-    for _ in range(steps):
+    model.chunked_loss = run.chunked_loss
+    mode, accumulate = run.compile_mode if run.compile else None, cfg.trainer.accumulate_grad_batches
+    step = plain_stepper(model, run.optim, steps, batches, bf16, cfg.trainer.gradient_clip_val, mode, accumulate)
+    for _ in range(steps * accumulate):
         step()
     rss = {"plain": rss_bytes()}
     del step
@@ -175,13 +194,16 @@ def measure(name: str, precisions: list[str], args) -> list[dict]:
     """One row per precision: a short solo run of each path for memory, then the interleaved rounds."""
     steps = args.warmup + args.steps + 1  # +1: the first plain step's end only starts Lightning's clock
     common = [*SHAPES[name], *([f"data.path={args.data}"] if args.data else []), *args.set]
-    common += [f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "+trainer.limit_val_batches=1"]
+    accumulate = config(common, Path(tempfile.gettempdir())).trainer.accumulate_grad_batches
+    # validation once, at the end (val_check_interval counts micro-batches)
+    common += [f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps * accumulate}"]
+    common += ["+trainer.limit_val_batches=1"]
     common += ["optim.warmup_steps=0", "optim.seq_len_warmup=null"]  # every step the full windows
     common += ["sample.max_new_tokens=1", "callbacks.text_sampler.max_new_tokens=1"]
     rows = []
     for precision in precisions:
         overrides = [*common, f"trainer.precision={precision}"]
-        rss = solo_rss(overrides, args.warmup + 1)
+        rss = solo_rss(overrides, args.warmup + 1) if getattr(args, "rss", True) else {"lightning": 0, "plain": 0}
         rounds = [interleaved_round(overrides) for _ in range(args.rounds)]
         rows.append(row(name, precision, overrides, rounds, rss, args))
     return rows
@@ -208,10 +230,11 @@ def row(name: str, precision: str, overrides: list[str], rounds: list, rss: dict
     run.model.vocab_size = 65 if run.data.tokenizer == "char" else 50257
     with torch.device("meta"):
         fpt = flops_per_token(GPT(run.model))
-    tokens = run.data.batch_size * run.data.block_size * cfg.trainer.accumulate_grad_batches
+    # a timed step is one micro-batch: Lightning's batch hooks and the plain twin's steps both count those
+    tokens, accumulate = run.data.batch_size * run.data.block_size, cfg.trainer.accumulate_grad_batches
     peak = args.peak[peak_key(precision)]
     result = {"shape": name, "precision": precision, "tokens_per_step": tokens, "flops_per_token": fpt}
-    per_round = [timed(lightning, plain, args.warmup) for lightning, plain in rounds]
+    per_round = [timed(lightning, plain, args.warmup * accumulate) for lightning, plain in rounds]
     for path in ("lightning", "plain"):
         steps = [t for r in per_round for t in r[path]["step"]]
         ms = statistics.mean(steps) * 1e3

@@ -171,3 +171,41 @@ def test_gpu_bench_resume_check_fails_a_restart_or_a_gap():
     assert bench.resume_check(stopped, [*stopped, (5, 2.9)], 6, args)[1] is False  # a step missing
     assert bench.resume_check(stopped, resumed, 5, args)[1] is False  # the checkpoint short of the end
     assert bench.resume_check(stopped, stopped, 6, args) == ("FAILED: step 3 -> None (end 6), loss 3.100 -> nan", False)
+
+
+@pytest.mark.slow  # four short gpt_nano trainings in this process: about 10 s on an idle machine
+def test_mfu_bench_dry_run_measures_each_variant_on_both_paths(capsys):
+    bench = bench_module("gpu_mfu")
+    assert bench.main(["--dry-run", "--variants", "accumulate4", "chunked_loss"]) == 0
+    table = capsys.readouterr().out.split("`python bench/gpu_mfu.py --dry-run --variants accumulate4 chunked_loss`")[1]
+    rows = {r[0]: r for r in ([c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[1:])}
+    for variant in ("accumulate4", "chunked_loss"):
+        _, overrides, lightning, lightning_mfu, plain, plain_mfu, _ = rows[variant]
+        assert overrides == " ".join(bench.VARIANTS[variant])
+        assert float(lightning.replace(",", "")) > 0 and float(plain.replace(",", "")) > 0
+        assert 0 < float(lightning_mfu.removesuffix("%")) < 100 and 0 < float(plain_mfu.removesuffix("%")) < 100
+    assert re.search(r"^best for Lightning: \w+ at \d+\.\d% MFU \(target 50%\)$", table, re.M)
+
+
+def test_mfu_bench_reports_a_failed_variant_and_the_ones_past_its_budget(capsys, monkeypatch):
+    bench = bench_module("gpu_mfu")
+    monkeypatch.setitem(bench.VARIANTS, "baseline", ["data.batch_size=0"])
+    assert bench.main(["--dry-run", "--variants", "baseline", "batch64", "--budget-s", "0"]) == 1
+    out = capsys.readouterr().out
+    assert "| baseline | data.batch_size=0 | ConfigError: data.batch_size must be" in out
+    assert out.rstrip().endswith("not run (past --budget-s): batch64")
+
+
+def test_the_plain_loop_steps_the_optimizer_once_per_accumulation_window():
+    bench = bench_module("train")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=20))
+    batches = iter([(torch.randint(0, 20, (2, 8)), torch.randint(0, 20, (2, 8)))] * 6)
+    optim = bench.OptimConfig(lr=1e-2, warmup_steps=0)
+    step = bench.plain_stepper(model, optim, 3, batches, bf16=False, clip=1.0, accumulate=3)
+    changed = []
+    for _ in range(6):
+        before = model.lm_head.weight.detach().clone()
+        step()
+        changed.append(not torch.equal(before, model.lm_head.weight))
+    assert changed == [False, False, True, False, False, True]

@@ -208,6 +208,9 @@ class GPT(nn.Module):
         # recompute each block's activations in the backward pass instead of keeping them: less memory for about
         # one more forward; a training setting, not architecture, so not in GPTConfig (set by the train command)
         self.activation_checkpointing = False
+        # training's loss from the head in chunks of tokens (torch's linear_cross_entropy), so the full logits and
+        # their fp32 copy never exist; also a training setting (the `chunked_loss` key)
+        self.chunked_loss = False
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
@@ -244,11 +247,34 @@ class GPT(nn.Module):
         `pos_offset` is the position of idx's first token (non-zero when earlier tokens sit in a KV cache).
         Logits have padded_vocab_size columns: padded ids are never targets, so training drives them down.
         """
-        logits = self.softcap(self.lm_head(self.hidden(idx, pos_offset=pos_offset)))
+        h = self.hidden(idx, pos_offset=pos_offset)
+        if targets is not None and self.chunked_loss:
+            return None, self.chunked_cross_entropy(h, targets)
+        logits = self.softcap(self.lm_head(h))
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
         return logits, loss
+
+    def chunked_cross_entropy(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The mean cross-entropy of the head's logits, computed chunk by chunk by torch's linear_cross_entropy:
+        the same loss as `forward`'s without the (tokens, vocabulary) logits. No soft-capping."""
+        if self.config.logit_softcap is not None:
+            raise ConfigError("chunked_loss: not with model.logit_softcap (the chunked head has no soft-cap)")
+        weight, targets = self.lm_head.weight, targets.flatten()
+        if torch.is_autocast_enabled(h.device.type):  # autocast does not reach inside the op: cast as it would
+            dtype = torch.get_autocast_dtype(h.device.type)
+            h, weight = h.to(dtype), weight.to(dtype)
+        # per token, averaged here in fp32: the op's own mean of bf16 inputs sums in bf16, far off (7.7 for 8.3)
+        losses = F.linear_cross_entropy(
+            h.flatten(0, 1),
+            weight,
+            targets,
+            ignore_index=-1,
+            reduction="none",
+            options=torch.nn.LinearCrossEntropyOptions(),
+        )
+        return losses.float().sum() / (targets != -1).sum()
 
     def hidden(self, idx: torch.Tensor, kv: KVCache | None = None, pos_offset: int = 0) -> torch.Tensor:
         """The final normalised hidden states; with a cache, idx continues the cached tokens at position kv.pos."""

@@ -11,6 +11,7 @@ notices (docs/performance.md, logging).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -41,16 +42,22 @@ class GPTLitModule(L.LightningModule):
         tokenizer: dict,
         compile: bool = False,
         activation_checkpointing: bool = False,
+        compile_mode: str = "default",
+        chunked_loss: bool = False,
     ):
         super().__init__()
         # plain dicts only: checkpoints must load with torch.load(weights_only=True); compiling and activation
         # checkpointing are not properties of the weights, so a run may resume with or without either
-        self.save_hyperparameters(logger=False, ignore=["compile", "activation_checkpointing"])
+        self.save_hyperparameters(
+            logger=False, ignore=["compile", "activation_checkpointing", "compile_mode", "chunked_loss"]
+        )
         self.model = GPT(GPTConfig(**model))
         self.model.activation_checkpointing = activation_checkpointing
+        self.model.chunked_loss = chunked_loss
         self._compile = compile
+        self._compile_mode = compile_mode
         # compile the training/validation forward only: generation's changing shapes would recompile it
-        self._forward = torch.compile(self.model.forward) if compile else self.model.forward
+        self._forward = self._compiled(self.model.forward)
         self.optim_config = OptimConfig(**optim)
         self.tokenizer = tokenizer_from_state(tokenizer)
         self.val_loss = MeanMetric()
@@ -81,7 +88,10 @@ class GPTLitModule(L.LightningModule):
         shard(self.model, self.device_mesh["data_parallel"])
         # through the module's __call__: FSDP gathers the root's parameters in its forward hook, which calling
         # `forward` itself would skip
-        self._forward = torch.compile(self.model) if self._compile else self.model
+        self._forward = self._compiled(self.model)
+
+    def _compiled(self, forward: Callable) -> Callable:
+        return torch.compile(forward, mode=self._compile_mode) if self._compile else forward
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # decided before the step, so callbacks' hooks (PerfLogger's) know it too; Lightning logs on the same steps

@@ -79,6 +79,8 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
         optim=asdict(run.optim),
         tokenizer=datamodule.tokenizer.state_dict(),
         compile=run.compile,
+        compile_mode=run.compile_mode,
+        chunked_loss=run.chunked_loss,
         activation_checkpointing=run.activation_checkpointing,
     )
     if init is not None and resumed_from is None:  # a resumed run restores its own weights instead

@@ -27,6 +27,7 @@ from gptlab.train.sharding import TARGET as FSDP_TARGET
 
 log = logging.getLogger(__name__)
 SEEDS = (0, 2**32 - 1)  # what Lightning's seed_everything (numpy's generator) takes
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 SAMPLE_SEEDS = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 
@@ -41,6 +42,8 @@ class RunConfig:
     ckpt_path: str | None  # resume: a checkpoint or run folder, continued at the step it stopped
     init_from: str | None  # fine-tune: weights to start from at step 0
     compile: bool
+    compile_mode: str
+    chunked_loss: bool
     activation_checkpointing: bool
     keep_freed_memory: bool
     processes: int  # trainer.devices x trainer.num_nodes
@@ -69,6 +72,8 @@ def read(cfg: DictConfig) -> RunConfig:
         ckpt_path=cfg.get("ckpt_path"),
         init_from=cfg.get("init_from"),
         compile=cfg.get("compile", False),
+        compile_mode=cfg.get("compile_mode", "default"),
+        chunked_loss=cfg.get("chunked_loss", False),
         activation_checkpointing=cfg.get("activation_checkpointing", False),
         keep_freed_memory=cfg.get("keep_freed_memory", True),
         processes=check_trainer(cfg.trainer),
@@ -89,9 +94,13 @@ def sample_prompts(cfg: DictConfig) -> dict[str, str]:
 
 def check(run: RunConfig, warn: bool = True) -> None:
     """What no single dataclass can judge: types of the top-level keys, and keys against each other and files."""
-    for key in ("compile", "activation_checkpointing", "keep_freed_memory"):
+    for key in ("compile", "chunked_loss", "activation_checkpointing", "keep_freed_memory"):
         if not isinstance(getattr(run, key), bool):
             raise ConfigError(f"{key} must be true or false, got {getattr(run, key)!r}")
+    if run.compile_mode not in COMPILE_MODES:
+        raise ConfigError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {run.compile_mode!r}")
+    if run.chunked_loss and run.model.logit_softcap is not None:
+        raise ConfigError("chunked_loss: not with model.logit_softcap (the chunked head has no soft-cap)")
     if not whole(run.max_steps) or run.max_steps <= 0:
         raise ConfigError(f"trainer.max_steps must be a positive integer (the run's horizon), got {run.max_steps!r}")
     if not whole(run.seed) or not SEEDS[0] <= run.seed <= SEEDS[1]:
