@@ -84,6 +84,16 @@ def command_env(cache) -> dict:
 GENERATE = ["prompt=ROMEO:", "max_new_tokens=8", "temperature=0"]
 
 
+def test_the_server_names_a_hub_model_by_its_id(offline, tiny):
+    from fastapi.testclient import TestClient
+
+    from gptlab.serve.app import ServeConfig, create_app
+
+    hub_cache(offline, tiny[1])
+    with TestClient(create_app(ServeConfig(ckpt_path=f"hf:{REPO}@main"))) as client:
+        assert client.get("/health").json()["model"] == f"{REPO}@main"
+
+
 def test_generate_samples_from_a_hub_id(tmp_path, tiny):
     snapshot = hub_cache(tmp_path / "hub", tiny[1])
     found = run_cli("generate.py", f"ckpt_path=hf:{REPO}", *GENERATE, extra_env=command_env(tmp_path / "hub"))
