@@ -271,6 +271,11 @@ def test_export_cli_writes_once_and_never_overwrites(tmp_path, small_corpus):
     assert "exported" in first.stdout
     model, tokenizer = load_trained(run)
     same_logits(model, GPT2LMHeadModel.from_pretrained(out).eval(), vocab_size=tokenizer.vocab_size)
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    score = next(v["current_score"] for k, v in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint"))
+    card = (out / "README.md").read_text()  # the model card: the run's own figures (tests/test_hub.py: the rest)
+    assert f"- data: tinyshakespeare ({small_corpus.name})\n- steps: 3\n" in card
+    assert f"nats per token, at the last validation before the checkpoint): {float(score):.4f}\n" in card
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     again = run_cli("export.py", f"ckpt_path={run}", f"out_dir={out}")
     assert again.returncode == 1

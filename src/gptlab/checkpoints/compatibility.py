@@ -61,4 +61,4 @@ def check_fits(
     elif isinstance(tokenizer, dict) and saved is not None and saved != tokenizer:
         differ.append(f"the data's tokenizer, {describe(tokenizer)} (weights: {describe(saved)})")
     if differ:
-        raise ConfigError(f"{key}: {weights.source} differs from the config: {', '.join(differ)}")
+        raise ConfigError(f"{key}: {weights.name} differs from the config: {', '.join(differ)}")

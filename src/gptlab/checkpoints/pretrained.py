@@ -1,6 +1,6 @@
 """Checkpoints: found, loaded for use outside training (sampling, evaluation, export, serving) or as the start of
-a fine-tuning run (a gptlab checkpoint, a run folder, or a Hugging Face GPT-2 folder); written atomically; chosen
-for a resume; checked against the config.
+a fine-tuning run (a gptlab checkpoint, a run folder, a Hugging Face GPT-2 folder, or `hf:<id>` on the Hub);
+written atomically; chosen for a resume; checked against the config.
 
 Checkpoints are read with `torch.load(weights_only=True)` only: they hold plain containers and tensors, and
 nothing in them is ever instantiated as a class.
@@ -20,7 +20,7 @@ import torch
 from gptlab.config.errors import first_line
 from gptlab.data.tokenizers import tokenizer_from_state
 from gptlab.errors import GptlabError
-from gptlab.interop import hf
+from gptlab.interop import hf, hub
 from gptlab.model.gpt import GPT, GPTConfig
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,19 @@ class Pretrained:
     tokenizer: object | None  # None: a Hugging Face folder that does not say which tokenizer its ids belong to
     source: Path  # the checkpoint file or the folder read
     step: int | None = None  # the training step a gptlab checkpoint was saved at; None: a Hugging Face folder
+    val_loss: float | None = None  # val/loss at the last validation before the checkpoint was saved, where known
+    hub_id: str | None = None  # `hf:<id>[@revision]` as named; source is then its snapshot in the Hub's cache
+
+    @property
+    def name(self) -> str:
+        """What the user named: the Hub id, else the file or folder read."""
+        return self.hub_id or str(self.source)
 
     def describe(self) -> str:
-        """`<file> (step 500)`, or `<folder> (Hugging Face folder)`: which weights, from how far into training."""
+        """`<file> (step 500)`, `<folder> (Hugging Face folder)`, or `hf:<id> (Hugging Face snapshot <folder>)`:
+        which weights, from how far into training."""
+        if self.hub_id:
+            return f"{self.hub_id} (Hugging Face snapshot {self.source})"
         if self.source.is_dir():
             return f"{self.source} (Hugging Face folder)"
         return f"{self.source} ({'step unknown' if self.step is None else f'step {self.step}'})"
@@ -54,14 +64,14 @@ class Pretrained:
         expected, given = set(model.state_dict()), set(self.weights)
         if expected != given:
             missing, extra = sorted(expected - given), sorted(given - expected)
-            raise GptlabError(f"{key}: {self.source} does not fit the model: missing {missing[:4]}, extra {extra[:4]}")
+            raise GptlabError(f"{key}: {self.name} does not fit the model: missing {missing[:4]}, extra {extra[:4]}")
         model.load_state_dict(self.weights)
         return model
 
     def require_tokenizer(self, key: str = "ckpt_path"):
         if self.tokenizer is None:
             raise GptlabError(
-                f"{key}: {self.source} has no {hf.GPTLAB_TOKENIZER} and its vocab_size {self.config.vocab_size} "
+                f"{key}: {self.name} has no {hf.GPTLAB_TOKENIZER} and its vocab_size {self.config.vocab_size} "
                 f"is not GPT-2's {hf.GPT2_VOCAB_SIZE}: the tokenizer its ids belong to is unknown"
             )
         return self.tokenizer
@@ -117,11 +127,17 @@ def unreadable_reason(path: Path, error: Exception) -> str:
 def load_pretrained(
     path: str | Path, prefer: str = "best", key: str = "ckpt_path", announce: bool = True
 ) -> Pretrained:
-    """A checkpoint file, a run folder (its best or last checkpoint) or a Hugging Face GPT-2 folder.
+    """A checkpoint file, a run folder (its best or last checkpoint), a Hugging Face GPT-2 folder, or `hf:<id>`: a
+    Hub model, downloaded into (or, offline, found in) the Hub's cache.
 
     `announce`: say which file and step on stderr (generate, evaluate, serve and export all load through here).
     """
-    if hf.is_hf_folder(path):
+    if hub.is_hub_id(path):
+        hub_id = hub.parse(path, key)
+        folder = hub.snapshot(hub_id, key)
+        config, weights, tokenizer = hf.read_folder(folder, key)
+        pretrained = Pretrained(config, weights, tokenizer, folder, hub_id=str(hub_id))
+    elif hf.is_hf_folder(path):
         config, weights, tokenizer = hf.read_folder(path, key)
         folder = Path(path).expanduser()
         pretrained = Pretrained(config, weights, tokenizer, folder)
@@ -155,7 +171,17 @@ def from_checkpoint(ckpt: dict, ckpt_file: Path, key: str = "ckpt_path") -> Pret
         raise GptlabError(f"{key}: {ckpt_file} is not a gptlab checkpoint (missing {e})") from None
     weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     step = ckpt.get("global_step")
-    return Pretrained(config, weights, tokenizer, ckpt_file, step if isinstance(step, int) else None)
+    return Pretrained(config, weights, tokenizer, ckpt_file, step if isinstance(step, int) else None, val_loss(ckpt))
+
+
+def val_loss(ckpt: dict) -> float | None:
+    """The val/loss ModelCheckpoint last saw when it wrote this checkpoint (its `current_score`), if it monitored it."""
+    for name, state in (ckpt.get("callbacks") or {}).items():
+        if str(name).startswith("ModelCheckpoint") and isinstance(state, dict) and state.get("monitor") == "val/loss":
+            score = state.get("current_score")
+            if isinstance(score, torch.Tensor | float) and torch.isfinite(torch.as_tensor(score)):
+                return float(score)
+    return None
 
 
 def load_trained(path: str | Path, device: str | torch.device = "cpu", prefer: str = "best") -> tuple[GPT, object]:

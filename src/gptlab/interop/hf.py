@@ -203,8 +203,24 @@ def read_folder(path: str | Path, key: str = "ckpt_path") -> tuple[GPTConfig, di
     return config, weights, tokenizer
 
 
-def export(config: GPTConfig, state: dict[str, torch.Tensor], tokenizer, out_dir: str | Path) -> Path:
-    """Write the Hugging Face folder, all or nothing: built in a temporary folder, then renamed into place."""
+def parameter_count(state: dict[str, torch.Tensor], vocab_size: int) -> int:
+    """The parameters of the exported model as transformers counts them: the tied head once, no padded rows."""
+    total = sum(t.numel() for name, t in state.items() if name != "lm_head.weight")
+    wte = state["transformer.wte.weight"]
+    return total - (wte.shape[0] - vocab_size) * wte.shape[1]
+
+
+def export(
+    config: GPTConfig,
+    state: dict[str, torch.Tensor],
+    tokenizer,
+    out_dir: str | Path,
+    texts: dict[str, str] | None = None,
+) -> Path:
+    """Write the Hugging Face folder, all or nothing: built in a temporary folder, then renamed into place.
+
+    `texts`: more files to write into it, {name: content} (the model card, README.md).
+    """
     from safetensors.torch import save_file
 
     out = Path(out_dir).expanduser()
@@ -221,6 +237,8 @@ def export(config: GPTConfig, state: dict[str, torch.Tensor], tokenizer, out_dir
             vocab_bpe, encoder_json = official_files()
             shutil.copyfile(encoder_json, tmp / "vocab.json")
             shutil.copyfile(vocab_bpe, tmp / "merges.txt")
+        for name, text in (texts or {}).items():
+            (tmp / name).write_text(text)
         readable(tmp)
         os.replace(tmp, out)  # onto a missing or empty folder
     finally:

@@ -35,7 +35,7 @@ from gptlab.serve.request_body import RequestBodyGuard
 class ServeConfig:
     """conf/serve.yaml."""
 
-    ckpt_path: str = "???"  # a .ckpt file, a run folder (its best checkpoint) or a Hugging Face GPT-2 folder
+    ckpt_path: str = "???"  # a .ckpt file, a run folder (its best checkpoint), a Hugging Face GPT-2 folder, or hf:<id>
     host: str = "127.0.0.1"
     port: int = 8000
     max_tokens: int = 512  # the most tokens one request may ask for
@@ -107,7 +107,9 @@ def create_app(config: ServeConfig) -> FastAPI:
     model = weights.model().to(torch.device(config.device)).eval()
     source = weights.source
     in_run = source.parent.name == "checkpoints"
-    model_name = config.model_name or (f"{source.parent.parent.name}/{source.name}" if in_run else source.name)
+    named = f"{source.parent.parent.name}/{source.name}" if in_run else source.name
+    # a Hub model by its id, not by the commit its snapshot folder is named for
+    model_name = config.model_name or (weights.hub_id.removeprefix("hf:") if weights.hub_id else named)
     slots = Slots(config.max_concurrent)
     stats = {"requests": 0, "tokens_generated": 0}
     app = FastAPI(title="gptlab", docs_url=None, redoc_url=None)
