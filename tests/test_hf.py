@@ -1,6 +1,7 @@
 """GPT-2 weights in and out of the Hugging Face format, checked against transformers' own GPT2LMHeadModel."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -196,7 +197,8 @@ def gpt2_folder(tmp_path_factory):
     return folder
 
 
-def test_finetune_starts_from_hf_weights_with_a_constant_small_lr(tmp_path, small_corpus, gpt2_folder):
+def test_finetune_starts_from_hf_weights_with_a_constant_small_lr(tmp_path, small_corpus, gpt2_folder, caplog):
+    caplog.set_level(logging.INFO, logger="gptlab.train.run")
     out = tmp_path / "run"
     cfg = make_config(
         [
@@ -212,6 +214,7 @@ def test_finetune_starts_from_hf_weights_with_a_constant_small_lr(tmp_path, smal
         out,
     )
     assert train(cfg) is not None
+    assert f"initialised from {gpt2_folder} (Hugging Face folder)" in caplog.messages
     assert [v for _, v in scalars(out, "train/lr")] == pytest.approx([3e-5] * 3)
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["tokenizer"] == {"kind": "gpt2"}

@@ -85,7 +85,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
     )
     if init is not None and resumed_from is None:  # a resumed run restores its own weights instead
         init.load_into(module.model, "init_from")
-        log.info("initialised from %s", init.source)
+        log.info("initialised from %s", init.describe())
 
     trainer = build_trainer(cfg, run, output_dir, extra_callbacks)
     if trainer.is_global_zero:
