@@ -21,7 +21,7 @@ ALLOWED = {
     "interop": {"errors", "model", "data"},
     "checkpoints": {"errors", "compat", "config", "model", "data", "interop"},
     "train": {"errors", "compat", "console", "config", "model", "data", "interop", "checkpoints"},
-    "evaluation": {"errors", "console", "config", "model", "data", "checkpoints"},
+    "evaluation": {"errors", "compat", "console", "config", "model", "data", "checkpoints"},
     "serve": {"errors", "config", "model", "checkpoints"},
     "sweeps": {"errors", "compat"},
     "schemas": {"errors", "config", "model", "data", "train"},

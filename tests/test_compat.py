@@ -214,3 +214,12 @@ def test_wandb_init_without_anonymous(tmp_path):
     assert logger._wandb_init["anonymous"] is None  # what Lightning passes, and wandb warns about
     compat.wandb_init_without_anonymous(logger)
     assert "anonymous" not in logger._wandb_init and logger._wandb_init["project"] == "p"
+
+
+def test_lm_eval_task_yaml_merges_includes_and_imports_functions(tmp_path):
+    (tmp_path / "utils.py").write_text("def docs(dataset):\n    return dataset\n")
+    (tmp_path / "base.yaml").write_text("output_type: multiple_choice\ndataset_kwargs:\n  data_files: a.jsonl\n")
+    (tmp_path / "task.yaml").write_text("include: base.yaml\ntask: mine\nprocess_docs: !function utils.docs\n")
+    config = compat.lm_eval_task_yaml(str(tmp_path / "task.yaml"))
+    assert config["task"] == "mine" and config["output_type"] == "multiple_choice"
+    assert config["dataset_kwargs"] == {"data_files": "a.jsonl"} and config["process_docs"].__name__ == "docs"

@@ -204,3 +204,20 @@ def ddp_children_rerun_job(job_overrides: list[str], job_dir: str) -> Iterator[N
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+# --- lm-evaluation-harness (0.4) ----------------------------------------------------------------------------------
+
+
+def lm_eval_task_yaml(path: str) -> dict:
+    """A task YAML as lm_eval reads it: its `include`s merged in, its `!function` references imported.
+
+    Why private: lm_eval builds a task from its YAML inside TaskManager, with no step between reading the file and
+    loading the dataset; `datasets` then resolves relative `data_files` against the working directory. gptlab reads
+    the YAML the same way, resolves them against the YAML's folder, and hands the harness the finished config (a
+    dict, which TaskManager.load takes). If lm_eval moves or renames `load_yaml`, local tasks with relative
+    data_files fail to load (from any folder but their own) and the test fails.
+    """
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    return load_yaml(path, resolve_func=True)

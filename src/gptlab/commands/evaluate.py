@@ -2,6 +2,8 @@
 
 Prints loss, perplexity, bits per token, character and byte, and the number of tokens predicted, for the data's
 validation split or for a whole `text_file=...` (see conf/evaluate.yaml and gptlab/evaluation/perplexity.py).
+With `tasks=[hellaswag,...]`, the lm-evaluation-harness's tasks instead (gptlab/evaluation/benchmarks.py), which
+import lm_eval only then.
 """
 
 import hydra
@@ -15,6 +17,11 @@ from gptlab.evaluation.perplexity import evaluate
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     with exit_on_user_error():
+        if cfg.get("tasks") is not None:
+            from gptlab.evaluation.benchmarks import run_tasks
+
+            run_tasks(cfg)
+            return
         scores = evaluate(cfg)
         print(scores.to_json() if cfg.format == "json" else scores.to_text(), flush=True)
 
