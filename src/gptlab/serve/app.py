@@ -53,7 +53,7 @@ class ServeConfig:
     max_body_bytes: int = 1_048_576  # larger request bodies get 413 before they are read
     max_batch: int = 8  # requests decoded together, one forward pass per token
     max_queue: int = 32  # requests waiting for a row; one more gets 429 straight away
-    threads: int = 2  # torch's CPU threads for generation (set by the serve command)
+    threads: int = 1  # torch's CPU threads for generation (set by the serve command; docs/serving.md: 1 vs 2)
     device: str = "cpu"
     model_name: str | None = None  # the "model" reported in responses; default: the checkpoint's run and file
 

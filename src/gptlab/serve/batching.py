@@ -31,7 +31,8 @@ END = None  # the last item of a generation's queue
 
 class Generation:
     """One request as the batch sees it; its `events` queue gets the text pieces, then END (or an exception); END
-    also when it leaves cancelled."""
+    also when it leaves cancelled. `on_leave` gives the request's place back (before END: see `finish`); it may be
+    called more than once."""
 
     def __init__(self, prompt_ids: list[int], params: SamplingParams, text: Detokenizer, on_leave: Callable[[], None]):
         self.tokens, self.params, self.text, self.on_leave = list(prompt_ids), params, text, on_leave
@@ -169,12 +170,13 @@ class Batcher:
             self.finish(g, g.text.end())
 
     def finish(self, g: Generation, tail: str) -> None:
+        """g's last text, then END; its place is given back first, so a client that has its answer finds it free
+        (the row itself is freed before the next step, `leave_finished`)."""
         if tail:
             g.put(tail)
+        g.on_leave()
         g.put(END)
         g.done = True
-        if g not in self.rows and g not in self.sliding:  # finished before it took a row
-            g.on_leave()
 
     def leave_finished(self) -> None:
         """Drop the finished and the cancelled; the last row moves into a freed row, so rows stay packed."""
@@ -186,10 +188,10 @@ class Batcher:
             self.leave(g)
 
     def leave(self, g: Generation) -> None:
+        g.on_leave()  # a second call (after finish) changes nothing
         if not g.done:  # cancelled: whoever still reads its events learns it has ended
             g.put(END)
             g.done = True
-        g.on_leave()
 
     def remove_row(self, r: int) -> Generation:
         g, last = self.rows[r], len(self.rows) - 1
