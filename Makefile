@@ -60,7 +60,7 @@ serve:  ## the completions server on 127.0.0.1:8000 (CKPT=run folder or .ckpt; A
 bench-generate:  ## tokens/s with and without the KV cache, gpt_small and gpt2 shapes (ARGS=--threads 1 etc.)
 	$(PY) bench/generate.py $(ARGS)
 
-bench-serve:  ## load check: a few hundred mixed requests, 8 clients, against a local server (ARGS=--ckpt ...)
+bench-serve:  ## serving throughput and latency at 1, 4, 8 clients, greedy answers checked (ARGS=--ckpt ... --threads N)
 	$(PY) bench/serve_load.py $(ARGS)
 
 evaluate:  ## loss, perplexity, bits/char on the validation split (CKPT=run folder or .ckpt, default the newest run)

@@ -19,7 +19,7 @@ from conftest import ROOT, run_cli
 from gptlab.serve import app as serve_app
 from gptlab.serve.app import CompletionRequest, ServeConfig, create_app
 
-LIMITS = ["max_tokens=20000", "max_prompt_tokens=64", "max_concurrent=2", "default_max_tokens=8"]
+LIMITS = ["max_tokens=20000", "max_prompt_tokens=64", "max_batch=2", "max_queue=0", "default_max_tokens=8", "threads=1"]
 
 
 def free_port() -> int:
@@ -68,7 +68,7 @@ def events(response: httpx.Response) -> list:
 def test_health_names_the_model_and_its_limits(server):
     health = httpx.get(f"{server}/health").json()
     assert health["status"] == "ok" and health["model"].endswith("best.ckpt")
-    assert health["max_concurrent"] == 2 and health["active_generations"] == 0
+    assert health["max_batch"] == 2 and health["max_queue"] == 0 and health["active_generations"] == 0
 
 
 def test_non_streamed_completion(server):
@@ -236,13 +236,14 @@ def wait_idle(url: str, within: float) -> float:
     return time.monotonic() - start
 
 
-def test_past_the_concurrency_limit_requests_get_429_at_once(server):
+def test_with_the_batch_full_and_no_queue_requests_get_429_at_once(server):
     streams = [LongStream(server), LongStream(server)]
     try:
         assert httpx.get(f"{server}/health").json()["active_generations"] == 2
         start = time.monotonic()
         r = complete(server, prompt="ROMEO:", max_tokens=5)
-        assert r.status_code == 429 and "busy" in r.text
+        assert r.status_code == 429 and r.json()["detail"].startswith("busy: 2 requests running and 0 queued")
+        assert r.headers["retry-after"] == "1"
         assert time.monotonic() - start < 2  # refused, not queued behind 20,000-token generations
     finally:
         for s in streams:
@@ -251,10 +252,17 @@ def test_past_the_concurrency_limit_requests_get_429_at_once(server):
     assert complete(server, prompt="ROMEO:", max_tokens=5).status_code == 200
 
 
-def test_a_client_that_disconnects_stops_its_generation(server):
-    stream = LongStream(server)
-    time.sleep(0.3)
-    stream.close()
+def test_a_client_that_disconnects_stops_its_generation_and_no_other(server):
+    body = {"prompt": "JULIET:", "max_tokens": 200, "temperature": 0}
+    alone = complete(server, **body).json()["choices"][0]["text"]
+    stream, texts = LongStream(server), []
+    with httpx.stream("POST", f"{server}/v1/completions", json={**body, "stream": True}, timeout=120) as r:
+        for line in r.iter_lines():  # read as it comes: the first chunk arrives while both are in the batch
+            if not texts:
+                stream.close()  # the long stream's client goes
+            if line.startswith("data: {"):
+                texts.append(json.loads(line.removeprefix("data: "))["choices"][0]["text"])
+    assert "".join(texts) == alone
     assert wait_idle(server, within=1.0) < 1.0
     tokens = httpx.get(f"{server}/health").json()["tokens_generated"]
     time.sleep(0.5)
@@ -265,8 +273,10 @@ def test_serve_refuses_bad_config_in_one_line(tmp_path):
     result = run_cli("serve.py", f"ckpt_path={tmp_path / 'none.ckpt'}")
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: ckpt_path: checkpoint not found: {tmp_path / 'none.ckpt'}"
-    result = run_cli("serve.py", f"ckpt_path={tmp_path}", "max_concurrent=0")
-    assert result.returncode == 1 and result.stderr.strip() == "error: max_concurrent must be a positive integer, got 0"
+    result = run_cli("serve.py", f"ckpt_path={tmp_path}", "max_batch=0")
+    assert result.returncode == 1 and result.stderr.strip() == "error: max_batch must be a positive integer, got 0"
+    result = run_cli("serve.py", f"ckpt_path={tmp_path}", "max_queue=-1")
+    assert result.stderr.strip() == "error: max_queue must be an integer >= 0 (0: no queue), got -1"
     result = run_cli("serve.py", f"ckpt_path={tmp_path}", "max_body_bytes=-1")
     assert (
         result.returncode == 1 and result.stderr.strip() == "error: max_body_bytes must be a positive integer, got -1"
@@ -278,7 +288,8 @@ def test_serve_refuses_bad_config_in_one_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def client(trained_run):
-    app = create_app(ServeConfig(ckpt_path=str(trained_run), max_tokens=64, max_prompt_tokens=64, max_concurrent=1))
+    config = ServeConfig(ckpt_path=str(trained_run), max_tokens=64, max_prompt_tokens=64, max_batch=1, max_queue=0)
+    app = create_app(config)
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 
@@ -345,10 +356,10 @@ def test_a_busy_server_refuses_before_tokenizing_the_prompt(client, monkeypatch)
     monkeypatch.setattr(
         serve_app, "encode_prompt", lambda tokenizer, prompt: prompts.append(prompt) or encode(tokenizer, prompt)
     )
-    lease = client.app.state.slots.take()  # the only slot (max_concurrent=1)
+    lease = client.app.state.slots.take()  # the only place (max_batch=1, max_queue=0)
     try:
         r = post(client, {"prompt": "ROMEO:" * 10, "max_tokens": 2})
-        assert r.status_code == 429 and r.json()["detail"].startswith("busy: all 1 generation slots are taken")
+        assert r.status_code == 429 and r.json()["detail"].startswith("busy: 1 requests running and 0 queued")
         assert prompts == []
     finally:
         lease.release()

@@ -5,6 +5,7 @@ OpenAI-style `POST /v1/completions` (streamed as server-sent events with "stream
 """
 
 import hydra
+import torch
 import uvicorn
 from omegaconf import DictConfig
 
@@ -18,6 +19,7 @@ from gptlab.serve.app import ServeConfig, create_app
 def main(cfg: DictConfig) -> None:
     with exit_on_user_error():
         config: ServeConfig = typed(cfg, None, ServeConfig)
+        torch.set_num_threads(config.threads)  # the process's own choice, not torch's default of every core
         app = create_app(config)  # loads the model: a bad checkpoint fails here, before the port is taken
     print(f"serving {app.state.model_name} on http://{config.host}:{config.port}  (Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from gptlab.errors import ConfigError
-from gptlab.model.kv_cache import KVCache
+from gptlab.model.kv_cache import BatchKVCache, KVCache
 from gptlab.model.sampling import sample_next
 
 NORMS = ("layernorm", "rmsnorm")
@@ -113,7 +113,8 @@ def make_norm(config: GPTConfig) -> nn.Module:
 
 
 class Rotary(nn.Module):
-    """cos/sin tables of rotary embeddings, looked up at explicit positions (so a KV cache can pass an offset)."""
+    """cos/sin tables of rotary embeddings, looked up at explicit positions (so a KV cache can pass an offset):
+    (T,) positions shared by every sequence, or (B, T), one row per sequence (a batch of different lengths)."""
 
     def __init__(self, head_dim: int, base: float):
         super().__init__()
@@ -121,7 +122,9 @@ class Rotary(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # derived: checkpoints stay unchanged
 
     def forward(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        angles = pos.float()[:, None] * self.inv_freq[None, :]  # (T, head_dim / 2)
+        angles = pos.float()[..., None] * self.inv_freq  # (T, head_dim / 2) or (B, T, head_dim / 2)
+        if pos.dim() == 2:
+            angles = angles[:, None]  # (B, 1, T, head_dim / 2): a sequence's positions hold for all its heads
         return angles.cos(), angles.sin()
 
 
@@ -144,7 +147,7 @@ class CausalSelfAttention(nn.Module):
         self,
         x: torch.Tensor,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
-        kv: KVCache | None = None,
+        kv: KVCache | BatchKVCache | None = None,
         layer: int = 0,
     ) -> torch.Tensor:
         B, T, C = x.shape
@@ -154,10 +157,10 @@ class CausalSelfAttention(nn.Module):
             q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-        if kv is not None and kv.pos > 0:
-            # the new tokens attend to every cached key and value, and causally among themselves
+        if kv is not None and not kv.empty:
+            # the new tokens attend to every cached key and value (of their own sequence), causally among themselves
             k, v = kv.store(layer, k, v)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=kv.causal_mask(T, x.device))
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=kv.attn_mask(T, x.device))
         else:
             if kv is not None:
                 kv.store(layer, k, v)
@@ -192,7 +195,7 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: torch.Tensor, rotary: tuple | None = None, kv: KVCache | None = None, layer: int = 0
+        self, x: torch.Tensor, rotary: tuple | None = None, kv: KVCache | BatchKVCache | None = None, layer: int = 0
     ) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), rotary, kv, layer)
         x = x + self.mlp(self.ln_2(x))
@@ -276,12 +279,14 @@ class GPT(nn.Module):
         )
         return losses.float().sum() / (targets != -1).sum()
 
-    def hidden(self, idx: torch.Tensor, kv: KVCache | None = None, pos_offset: int = 0) -> torch.Tensor:
-        """The final normalised hidden states; with a cache, idx continues the cached tokens at position kv.pos."""
-        start, T = (kv.pos if kv is not None else pos_offset), idx.size(1)
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of length {start + T} exceeds model.block_size={self.config.block_size}")
-        pos = torch.arange(start, start + T, device=idx.device)
+    def hidden(self, idx: torch.Tensor, kv: KVCache | BatchKVCache | None = None, pos_offset: int = 0) -> torch.Tensor:
+        """The final normalised hidden states; with a cache, idx continues the cached tokens: at kv.pos, or for a
+        BatchKVCache each row at its own length."""
+        T = idx.size(1)
+        end = kv.length_after(T) if kv is not None else pos_offset + T
+        if end > self.config.block_size:
+            raise ValueError(f"sequence of length {end} exceeds model.block_size={self.config.block_size}")
+        pos = kv.positions(T, idx.device) if kv is not None else torch.arange(pos_offset, end, device=idx.device)
         x = self.transformer.wte(idx)
         rotary = self.rotary(pos) if self.rotary is not None else None
         if rotary is None:
@@ -291,14 +296,14 @@ class GPT(nn.Module):
         for i, block in enumerate(self.transformer.h):
             x = checkpoint(block, x, rotary, None, i, use_reentrant=False) if recompute else block(x, rotary, kv, i)
         if kv is not None:
-            kv.pos += T
+            kv.advance(T)
         return self.transformer.ln_f(x)
 
     def softcap(self, logits: torch.Tensor) -> torch.Tensor:
         cap = self.config.logit_softcap
         return logits if cap is None else cap * torch.tanh(logits / cap)
 
-    def next_token_logits(self, idx: torch.Tensor, kv: KVCache | None = None) -> torch.Tensor:
+    def next_token_logits(self, idx: torch.Tensor, kv: KVCache | BatchKVCache | None = None) -> torch.Tensor:
         """(B, V) logits for the token after idx: the head runs on the last position only."""
         return self.softcap(self.lm_head(self.hidden(idx, kv)[:, -1, :]))
 
@@ -321,6 +326,12 @@ class GPT(nn.Module):
         c = self.config
         shape = (c.n_layer, batch_size, c.n_head, c.block_size, c.head_dim)
         return KVCache(shape, device, self.lm_head.weight.dtype)
+
+    def batch_kv_cache(self, rows: int, device: torch.device) -> BatchKVCache:
+        """A cache for up to `rows` sequences that each sit at their own position (the server's batch)."""
+        c = self.config
+        shape = (c.n_layer, rows, c.n_head, c.block_size, c.head_dim)
+        return BatchKVCache(shape, device, self.lm_head.weight.dtype)
 
     @torch.no_grad()
     def generate(

@@ -102,6 +102,34 @@ class StopMatcher:
         return 0
 
 
+class Detokenizer:
+    """One request's text, pushed one token at a time (the server's batch makes a token for many requests at once):
+    `push` returns the text a token makes safe to show ("" while it is held back) and sets `finish_reason` to
+    "stop" once the text has ended (end of text or a stop string); `end` returns what was still held back."""
+
+    def __init__(self, tokenizer, stops: list[str]):
+        self.tokenizer, self.eot = tokenizer, getattr(tokenizer, "eot", None)
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.stopper = StopMatcher(stops)
+        self.finish_reason: str | None = None
+        self.completion_tokens = 0
+
+    def push(self, token: int) -> str:
+        self.completion_tokens += 1
+        if token == self.eot:
+            return self.end("stop")
+        piece, stopped = self.stopper.push(self.decoder.decode(token_bytes(self.tokenizer, token)))
+        if stopped:
+            self.finish_reason = "stop"
+        return piece
+
+    def end(self, reason: str = "length") -> str:
+        """The text held back, once no token follows (a stop string found in it ends the text there)."""
+        piece, stopped = self.stopper.push(self.decoder.decode(b"", final=True))
+        self.finish_reason = "stop" if stopped else reason
+        return piece + self.stopper.flush()
+
+
 class TextStream:
     """Iterate to get one text piece per generated token ("" while text is held back), then one last piece
     with whatever was still held back, if any. After iteration, `finish_reason` is "stop" (end of text or a
@@ -110,8 +138,15 @@ class TextStream:
     def __init__(self, model: GPT, tokenizer, prompt_ids: list[int], params: SamplingParams, kv_cache: bool = True):
         self.model, self.tokenizer, self.params, self.kv_cache = model, tokenizer, params, kv_cache
         self.prompt_ids = prompt_ids
-        self.finish_reason: str | None = None
-        self.completion_tokens = 0
+        self.text_out = Detokenizer(tokenizer, params.stop)
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.text_out.finish_reason
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.text_out.completion_tokens
 
     def __iter__(self) -> Iterator[str]:
         device = next(self.model.parameters()).device
@@ -126,24 +161,14 @@ class TextStream:
         yield from self.detokenize(next_token.item() for next_token in tokens)
 
     def detokenize(self, tokens: Iterator[int]) -> Iterator[str]:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stopper = StopMatcher(self.params.stop)
-        eot = getattr(self.tokenizer, "eot", None)
-        self.finish_reason = "length"
+        text = self.text_out = Detokenizer(self.tokenizer, self.params.stop)
         for token in tokens:
-            self.completion_tokens += 1
-            if token == eot:
-                self.finish_reason = "stop"
-                break
-            piece, stopped = stopper.push(decoder.decode(token_bytes(self.tokenizer, token)))
-            yield piece
-            if stopped:
-                self.finish_reason = "stop"
+            piece = text.push(token)
+            if piece or token != text.eot:  # the end of text is no piece of its own, only what it lets out
+                yield piece
+            if text.finish_reason is not None:
                 return
-        piece, stopped = stopper.push(decoder.decode(b"", final=True))
-        if stopped:
-            self.finish_reason = "stop"
-        if tail := piece + stopper.flush():
+        if tail := text.end():
             yield tail
 
     def text(self) -> str:

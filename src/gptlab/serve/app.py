@@ -1,18 +1,23 @@
 """An OpenAI-style completions endpoint over a trained model: `POST /v1/completions` and `GET /health`.
 
-Generation runs one token at a time in a worker thread, so the event loop stays free to answer health checks,
-refuse requests past the concurrency limit at once (429), and notice a client that has gone: a stream whose
-client disconnects is cancelled between two tokens. A request is refused as cheaply as possible: an oversized
-body before it is read (413, request_body.py), a busy server before its prompt is tokenized (429).
+Generation runs in one thread that owns the model (batching.py): it decodes up to `max_batch` requests together,
+one forward pass per token, and up to `max_queue` more wait for a row. The handlers only submit a request and read
+its text as the thread makes it, so the event loop stays free to answer health checks, refuse a request when the
+queue is full (429), and notice a client that has gone: its generation leaves the batch before the next token. A
+request is refused as cheaply as possible: an oversized body before it is read (413, request_body.py), a full
+queue before its prompt is tokenized (429).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -27,8 +32,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from gptlab.checkpoints.pretrained import load_pretrained
 from gptlab.errors import ConfigError, GptlabError
 from gptlab.model.sampling import SEED_MAX, SEED_MIN, SamplingParams
-from gptlab.model.text_stream import TextStream, encode_prompt
+from gptlab.model.text_stream import Detokenizer, encode_prompt
+from gptlab.serve.batching import END, Batcher, Generation
 from gptlab.serve.request_body import RequestBodyGuard
+
+DISCONNECT_POLL_S = 0.25  # how often a request with no new text checks that its client is still there
+RETRY_AFTER_S = 1  # the Retry-After of a 429: a row frees up as soon as any running request ends
 
 
 @dataclass
@@ -42,8 +51,9 @@ class ServeConfig:
     default_max_tokens: int = 16  # when a request does not say (OpenAI's default)
     max_prompt_tokens: int = 4096
     max_body_bytes: int = 1_048_576  # larger request bodies get 413 before they are read
-    max_concurrent: int = 2  # generations at once; one more gets 429 straight away
-    kv_cache: bool = True
+    max_batch: int = 8  # requests decoded together, one forward pass per token
+    max_queue: int = 32  # requests waiting for a row; one more gets 429 straight away
+    threads: int = 1  # torch's CPU threads for generation (set by the serve command; docs/serving.md: 1 vs 2)
     device: str = "cpu"
     model_name: str | None = None  # the "model" reported in responses; default: the checkpoint's run and file
 
@@ -52,9 +62,11 @@ class ServeConfig:
             raise ConfigError("ckpt_path: empty: give a .ckpt file or a run folder")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be in [0, 65535], got {self.port}")
-        for key in ("max_tokens", "max_prompt_tokens", "max_body_bytes", "max_concurrent"):
+        for key in ("max_tokens", "max_prompt_tokens", "max_body_bytes", "max_batch", "threads"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be a positive integer, got {getattr(self, key)}")
+        if self.max_queue < 0:
+            raise ConfigError(f"max_queue must be an integer >= 0 (0: no queue), got {self.max_queue}")
         if not 0 <= self.default_max_tokens <= self.max_tokens:
             raise ConfigError(f"default_max_tokens must be in [0, max_tokens={self.max_tokens}]")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -79,26 +91,29 @@ class CompletionRequest(BaseModel):
 
 
 class Slots:
-    """A fixed number of generation slots, taken without waiting: no slot, no queue."""
+    """Room for `size` requests at once, running or queued, taken without waiting: no room, a 429."""
 
     def __init__(self, size: int):
         self.size, self.taken = size, 0
+        self.lock = threading.Lock()  # taken on the event loop, given back by the batch's thread
 
     def take(self) -> Lease | None:
-        if self.taken >= self.size:
-            return None
-        self.taken += 1
-        return Lease(self)
+        with self.lock:
+            if self.taken >= self.size:
+                return None
+            self.taken += 1
+            return Lease(self)
 
 
 class Lease:
     def __init__(self, slots: Slots):
         self.slots, self.held = slots, True
 
-    def release(self) -> None:  # idempotent: the stream's end and the response's cleanup both call it
-        if self.held:
-            self.held = False
-            self.slots.taken -= 1
+    def release(self) -> None:  # idempotent: the batch and the handler's cleanup may both call it
+        with self.slots.lock:
+            if self.held:
+                self.held = False
+                self.slots.taken -= 1
 
 
 def create_app(config: ServeConfig) -> FastAPI:
@@ -110,24 +125,35 @@ def create_app(config: ServeConfig) -> FastAPI:
     named = f"{source.parent.parent.name}/{source.name}" if in_run else source.name
     # a Hub model by its id, not by the commit its snapshot folder is named for
     model_name = config.model_name or (weights.hub_id.removeprefix("hf:") if weights.hub_id else named)
-    slots = Slots(config.max_concurrent)
-    stats = {"requests": 0, "tokens_generated": 0}
-    app = FastAPI(title="gptlab", docs_url=None, redoc_url=None)
+    slots = Slots(config.max_batch + config.max_queue)
+    batcher = Batcher(model, config.max_batch)
+    stats = {"requests": 0}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        batcher.stop()
+
+    app = FastAPI(title="gptlab", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.add_middleware(RequestBodyGuard, max_bytes=config.max_body_bytes)
     app.add_exception_handler(RequestValidationError, invalid_request)
-    app.state.model_name, app.state.slots = model_name, slots
+    app.state.model_name, app.state.slots, app.state.batcher = model_name, slots, batcher
 
     @app.get("/health")
     async def health() -> dict:
         return {
             "status": "ok",
             "model": model_name,
-            "active_generations": slots.taken,
-            "max_concurrent": slots.size,
+            "active_generations": slots.taken,  # accepted and not yet answered: running, queued or being read
+            "running": batcher.running,
+            "queued": len(batcher.waiting),
+            "max_batch": config.max_batch,
+            "max_queue": config.max_queue,
             **stats,
+            "tokens_generated": batcher.tokens_generated,
         }
 
-    def prepare(req: CompletionRequest) -> TextStream:
+    def prepare(req: CompletionRequest) -> tuple[list[int], SamplingParams]:
         max_tokens = config.default_max_tokens if req.max_tokens is None else req.max_tokens
         if max_tokens > config.max_tokens:
             raise HTTPException(422, f"max_tokens: {max_tokens} exceeds this server's limit of {config.max_tokens}")
@@ -140,53 +166,71 @@ def create_app(config: ServeConfig) -> FastAPI:
             raise HTTPException(
                 422, f"prompt: {len(prompt_ids)} tokens exceed this server's limit of {config.max_prompt_tokens}"
             )
-        return TextStream(model, tokenizer, prompt_ids, params, kv_cache=config.kv_cache)
-
-    async def pieces(stream: TextStream, request: Request, lease: Lease) -> AsyncIterator[str]:
-        """The stream's text pieces, each token computed in a worker thread; stops if the client goes."""
-        tokens, done, counted = iter(stream), object(), 0
-        try:
-            while not await request.is_disconnected():
-                piece = await anyio.to_thread.run_sync(next, tokens, done)
-                stats["tokens_generated"] += stream.completion_tokens - counted
-                counted = stream.completion_tokens
-                if piece is done:
-                    return
-                yield piece
-        finally:
-            lease.release()
+        return prompt_ids, params
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
         lease = slots.take()
         if lease is None:  # before the prompt is tokenized: refusing costs nothing
-            raise HTTPException(429, f"busy: all {slots.size} generation slots are taken, try again later")
+            raise HTTPException(
+                429,
+                f"busy: {config.max_batch} requests running and {config.max_queue} queued (max_batch, max_queue),"
+                " try again later",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
         try:  # in a worker thread: a long prompt's tokenization never holds up the event loop
-            stream = await anyio.to_thread.run_sync(prepare, req)
+            prompt_ids, params = await anyio.to_thread.run_sync(prepare, req)
         except BaseException:
             lease.release()
             raise
         stats["requests"] += 1
+        generation = Generation(prompt_ids, params, Detokenizer(tokenizer, params.stop), on_leave=lease.release)
+        batcher.submit(generation)  # from now on the batch gives the lease back when the generation leaves
         head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time())}
         head["model"] = model_name
 
         def usage() -> dict:
-            prompt, completion = len(stream.prompt_ids), stream.completion_tokens
+            prompt, completion = generation.prompt_tokens, generation.text.completion_tokens
             return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
         if not req.stream:
-            text = "".join([piece async for piece in pieces(stream, request, lease)])
-            return {**head, "choices": [choice(text, stream.finish_reason)], "usage": usage()}
+            text = "".join([piece async for piece in pieces(generation, request)])
+            return {**head, "choices": [choice(text, generation.text.finish_reason)], "usage": usage()}
 
         async def events() -> AsyncIterator[str]:
-            async for piece in pieces(stream, request, lease):
+            async for piece in pieces(generation, request):
                 yield sse({**head, "choices": [choice(piece, None)]})
-            yield sse({**head, "choices": [choice("", stream.finish_reason)], "usage": usage()})
+            yield sse({**head, "choices": [choice("", generation.text.finish_reason)], "usage": usage()})
             yield "data: [DONE]\n\n"
 
-        return LeasedStream(events(), lease)
+        return CancellingStream(events(), generation)
 
     return app
+
+
+async def pieces(generation: Generation, request: Request) -> AsyncIterator[str]:
+    """The generation's text pieces as the batch makes them; if the client goes, the generation is cancelled (it
+    leaves the queue or the batch before the next token)."""
+    try:
+        while True:
+            try:
+                item = generation.events.get_nowait()
+            except asyncio.QueueEmpty:
+                try:
+                    item = await asyncio.wait_for(generation.events.get(), DISCONNECT_POLL_S)
+                except TimeoutError:  # queued, or a long prefill: is anyone still waiting for it?
+                    if await request.is_disconnected():
+                        return
+                    continue
+            if item is END:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+            if await request.is_disconnected():
+                return
+    finally:
+        generation.cancel()  # a no-op once it has finished
 
 
 async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -207,19 +251,19 @@ def finite(value: object) -> object:
     return value
 
 
-class LeasedStream(StreamingResponse):
-    """Server-sent events that give their generation slot back however the response ends, even if the client
-    left before the first event (then the event generator never starts, and its own cleanup never runs)."""
+class CancellingStream(StreamingResponse):
+    """Server-sent events that cancel their generation however the response ends, even if the client left before
+    the first event (then the event generator never starts, and its own cleanup never runs)."""
 
-    def __init__(self, content: AsyncIterator[str], lease: Lease):
+    def __init__(self, content: AsyncIterator[str], generation: Generation):
         super().__init__(content, media_type="text/event-stream")
-        self.lease = lease
+        self.generation = generation
 
     async def __call__(self, scope, receive, send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self.lease.release()
+            self.generation.cancel()
 
 
 def choice(text: str, finish_reason: str | None) -> dict:

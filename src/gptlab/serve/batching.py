@@ -1,0 +1,216 @@
+"""Continuous batching: one thread owns the model and makes the next token of every running request in one forward
+pass.
+
+A request joins the batch between two decode steps: its prompt is prefilled alone, into a free row of the batch's
+KV cache, exactly as `GPT.generate` prefills it, and that pass draws its first token. Each decode step then runs
+the last token of every row at once, each row at its own position (`BatchKVCache`), and draws every row's next token
+with that request's own sampling parameters and random generator. A request leaves between two steps when it is
+done (max_tokens, end of text, a stop string) or its client has gone; the last row moves into its place, so the
+rows stay packed. A sequence that has filled the model's context slides like `generate`'s: from then on its next
+token comes from a fresh prefill of its last block_size tokens, outside the batch, each step.
+
+The HTTP handlers never touch the model: they `submit` a `Generation` and read its text pieces from an asyncio queue
+that this thread fills. Requests past the batch wait in order (the server bounds how many, see app.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import Callable
+
+import torch
+
+from gptlab.model.gpt import GPT
+from gptlab.model.sampling import SamplingParams, sample_next
+from gptlab.model.text_stream import Detokenizer
+
+END = None  # the last item of a generation's queue
+
+
+class Generation:
+    """One request as the batch sees it; its `events` queue gets the text pieces, then END (or an exception); END
+    also when it leaves cancelled. `on_leave` gives the request's place back (before END: see `finish`); it may be
+    called more than once."""
+
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, text: Detokenizer, on_leave: Callable[[], None]):
+        self.tokens, self.params, self.text, self.on_leave = list(prompt_ids), params, text, on_leave
+        self.prompt_tokens = len(prompt_ids)
+        self.loop = asyncio.get_running_loop()  # submitted from a handler: its events are read on this loop
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.generator: torch.Generator | None = None  # made by the batch's thread, on the model's device
+        self.done = self.cancelled = False
+
+    def cancel(self) -> None:
+        """The client has gone: the batch drops this generation before its next step (a flag: any thread)."""
+        self.cancelled = True
+
+    def put(self, item: object) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+        except RuntimeError:  # the event loop has closed: no one is reading
+            self.cancelled = True
+
+
+class Batcher:
+    """The scheduler thread: admits waiting generations into free rows, decodes the batch, drops finished ones."""
+
+    def __init__(self, model: GPT, max_batch: int):
+        self.model, self.max_batch = model, max_batch
+        self.device = next(model.parameters()).device
+        self.cache = model.batch_kv_cache(max_batch, self.device)
+        self.scratch = model.kv_cache(1, self.device)  # a sliding sequence's fresh prefill, one at a time
+        self.rows: list[Generation] = []  # rows[r] is row r of the cache
+        self.sliding: list[Generation] = []  # past the context: prefilled afresh each step, outside the batch
+        self.waiting: deque[Generation] = deque()
+        self.wake = threading.Condition()
+        self.thread: threading.Thread | None = None
+        self.stopping = False
+        self.tokens_generated = 0
+
+    @property
+    def running(self) -> int:
+        return len(self.rows) + len(self.sliding)
+
+    def submit(self, generation: Generation) -> None:
+        with self.wake:
+            if self.thread is None:
+                self.thread = threading.Thread(target=self.run, name="gptlab-batcher", daemon=True)
+                self.thread.start()
+            self.waiting.append(generation)
+            self.wake.notify()
+
+    def stop(self) -> None:
+        with self.wake:
+            self.stopping = True
+            self.wake.notify()
+        if self.thread is not None:
+            self.thread.join()
+
+    def run(self) -> None:
+        with torch.inference_mode():  # grad mode is per thread: this one never builds a graph
+            while (joining := self.next_joining()) is not None:
+                try:
+                    self.step(joining)
+                except Exception as e:  # a bug must not leave every client waiting forever
+                    self.fail([*joining, *self.rows, *self.sliding], e)
+
+    def fail(self, generations: list[Generation], error: Exception) -> None:
+        for g in generations:
+            if not g.done:
+                g.put(error)
+                g.done = True
+        self.leave_finished()
+        for g in generations:  # those that failed before taking a row (leaving twice is harmless)
+            g.on_leave()
+
+    def next_joining(self) -> list[Generation] | None:
+        """The waiting generations that fit in the free rows (blocks while there is nothing to do); None: stop."""
+        with self.wake:
+            while not (self.waiting or self.rows or self.sliding or self.stopping):
+                self.wake.wait()
+            if self.stopping:
+                return None
+            for g in [g for g in self.waiting if g.cancelled]:
+                self.waiting.remove(g)
+                self.leave(g)
+            free = self.max_batch - self.running
+            return [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
+
+    def step(self, joining: list[Generation]) -> None:
+        for g in joining:
+            self.join(g)
+        self.leave_finished()
+        self.slide_full_rows()
+        if self.rows:
+            self.decode()
+        for g in self.sliding:
+            self.emit(g, self.model.next_token_logits(self.context(g), self.fresh_scratch()))
+        self.leave_finished()
+
+    def join(self, g: Generation) -> None:
+        if g.params.max_new_tokens == 0:
+            self.finish(g, g.text.end())
+            return
+        r = len(self.rows)
+        context = self.context(g)
+        logits = self.model.next_token_logits(context, self.cache.row(r))
+        self.cache.set_length(r, context.size(1))
+        self.rows.append(g)
+        g.generator = torch.Generator(device=self.device)
+        if g.params.seed is None:
+            g.generator.seed()
+        else:
+            g.generator.manual_seed(g.params.seed)
+        self.emit(g, logits)
+
+    def decode(self) -> None:
+        """One forward pass: every row's last token at that row's own position."""
+        self.cache.n = len(self.rows)
+        last = torch.tensor([[g.tokens[-1]] for g in self.rows], device=self.device)
+        logits = self.model.next_token_logits(last, self.cache)
+        for r, g in enumerate(self.rows):
+            self.emit(g, logits[r : r + 1])
+
+    def emit(self, g: Generation, logits: torch.Tensor) -> None:
+        """Draw g's next token from its (1, V) logits and send the text it lets out; finish g if it is done."""
+        p = g.params
+        # only the tokenizer's own ids: a padded id can never be emitted
+        logits = logits[:, : self.model.config.vocab_size]
+        token = int(sample_next(logits, p.temperature, p.top_k, p.top_p, g.generator))
+        g.tokens.append(token)
+        self.tokens_generated += 1
+        piece = g.text.push(token)
+        if piece or token != g.text.eot:  # the end of text is no piece of its own, only what it lets out
+            g.put(piece)
+        if g.text.finish_reason is not None:
+            self.finish(g, "")
+        elif g.text.completion_tokens == p.max_new_tokens:
+            self.finish(g, g.text.end())
+
+    def finish(self, g: Generation, tail: str) -> None:
+        """g's last text, then END; its place is given back first, so a client that has its answer finds it free
+        (the row itself is freed before the next step, `leave_finished`)."""
+        if tail:
+            g.put(tail)
+        g.on_leave()
+        g.put(END)
+        g.done = True
+
+    def leave_finished(self) -> None:
+        """Drop the finished and the cancelled; the last row moves into a freed row, so rows stay packed."""
+        for r in reversed(range(len(self.rows))):
+            if self.rows[r].done or self.rows[r].cancelled:
+                self.leave(self.remove_row(r))
+        for g in [g for g in self.sliding if g.done or g.cancelled]:
+            self.sliding.remove(g)
+            self.leave(g)
+
+    def leave(self, g: Generation) -> None:
+        g.on_leave()  # a second call (after finish) changes nothing
+        if not g.done:  # cancelled: whoever still reads its events learns it has ended
+            g.put(END)
+            g.done = True
+
+    def remove_row(self, r: int) -> Generation:
+        g, last = self.rows[r], len(self.rows) - 1
+        if r != last:
+            self.cache.move(last, r)
+            self.rows[r] = self.rows[last]
+        self.rows.pop()
+        return g
+
+    def slide_full_rows(self) -> None:
+        """Rows whose context is full leave the batch: their next token cannot sit at a position of its own."""
+        for r in reversed(range(len(self.rows))):
+            if int(self.cache.lengths[r]) == self.cache.block_size:
+                self.sliding.append(self.remove_row(r))
+
+    def context(self, g: Generation) -> torch.Tensor:
+        """(1, T): g's last block_size tokens, the window `generate` crops to."""
+        return torch.tensor([g.tokens[-self.model.config.block_size :]], device=self.device)
+
+    def fresh_scratch(self):
+        self.scratch.pos = 0
+        return self.scratch
