@@ -20,6 +20,8 @@ from torchmetrics import MeanMetric
 from gptlab.compat import LIGHTNING_HOOK_NAME_ATTRIBUTE
 from gptlab.data.tokenizers import tokenizer_from_state
 from gptlab.errors import GptlabError
+from gptlab.finetune.lora import LoraConfig
+from gptlab.finetune.lora import apply as apply_lora
 from gptlab.model.gpt import GPT, GPTConfig
 from gptlab.train.fault_guard import FaultGuard
 from gptlab.train.optim import OptimConfig
@@ -41,12 +43,15 @@ class GPTLitModule(L.LightningModule):
         tokenizer: dict,
         compile: bool = False,
         activation_checkpointing: bool = False,
+        lora: dict | None = None,
     ):
         super().__init__()
         # plain dicts only: checkpoints must load with torch.load(weights_only=True); compiling and activation
         # checkpointing are not properties of the weights, so a run may resume with or without either
         self.save_hyperparameters(logger=False, ignore=["compile", "activation_checkpointing"])
         self.model = GPT(GPTConfig(**model))
+        if lora is not None:  # finetune=lora: in hyper_parameters, so every loader rebuilds the adapters
+            apply_lora(self.model, LoraConfig(**lora))
         self.model.activation_checkpointing = activation_checkpointing
         self._compile = compile
         # compile the training/validation forward only: generation's changing shapes would recompile it
