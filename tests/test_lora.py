@@ -178,13 +178,20 @@ def test_plain_weights_load_under_the_adapted_names_and_compute_the_same():
     [("none", 0), ("lora_only", 2 * 2), ("all", 2 * 6 + 1)],  # all: 4 linear and 2 LayerNorm biases a block, ln_f
 )
 def test_only_the_adapters_and_the_chosen_biases_reach_the_optimizer(bias, trainable_biases):
-    model = apply(GPT(NANO), LoraConfig(targets=["qkv", "mlp_in"], bias=bias))
-    trainable = {p for p in model.parameters() if p.requires_grad}
-    assert sum(p.dim() == 1 for p in trainable) == trainable_biases
     for name in ("adamw", "muon"):
+        torch.manual_seed(0)
+        model = apply(GPT(NANO), LoraConfig(targets=["qkv", "mlp_in"], bias=bias))
+        trainable = {p for p in model.parameters() if p.requires_grad}
+        assert sum(p.dim() == 1 for p in trainable) == trainable_biases
+        frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
         optimizer, _ = build(model, OptimConfig(name=name), total_steps=10)
         given = [p for group in optimizer.param_groups for p in group["params"]]
         assert len(given) == len(trainable) and set(given) == trainable, name
+        idx = torch.randint(0, 50, (2, 32), generator=torch.Generator().manual_seed(1))
+        model(idx, idx)[1].backward()
+        optimizer.step()
+        for n, p in model.named_parameters():
+            assert torch.equal(p, frozen[n]) if n in frozen else not torch.equal(p, torch.zeros_like(p)), (name, n)
 
 
 @pytest.mark.parametrize(
@@ -257,3 +264,17 @@ def test_a_lora_checkpoint_resumes_only_with_its_own_adapters(lora_run):
     )
     with pytest.raises(ConfigError, match="was trained with finetune=lora .*, this run asks for finetune=none;"):
         resume_from(str(file))
+
+
+def test_activation_checkpointing_gives_the_adapters_the_same_gradients():
+    grads = []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        model = shuffled_adapters(apply(GPT(NANO), LoraConfig(targets=["qkv", "mlp_out"]))).train()
+        model.activation_checkpointing = recompute
+        idx = torch.randint(0, 50, (2, 32), generator=torch.Generator().manual_seed(1))
+        model(idx, idx)[1].backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 8
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-6, rtol=0)
