@@ -153,6 +153,7 @@ def test_merging_folds_the_adapters_in_with_the_same_logits(rslora):
     torch.manual_seed(0)
     config = LoraConfig(rank=4, alpha=8, targets=["qkv", "attn_out", "mlp_in", "mlp_out"], rslora=rslora)
     adapted = shuffled_adapters(apply(GPT(NANO), config))
+    assert adapted.transformer.h[1].mlp.c_proj.scaling["default"] == config.scaling == (4.0 if rslora else 2.0)
     idx = torch.randint(0, 50, (3, 32), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = adapted(idx)[0]

@@ -140,4 +140,4 @@ def trainable_line(model: torch.nn.Module) -> str:
 
 def as_record(config: LoraConfig | None) -> dict | None:
     """What a checkpoint's hyper_parameters hold under `lora`: plain containers only (torch.load weights_only)."""
-    return None if config is None else {**asdict(config), "targets": list(config.targets)}
+    return None if config is None else asdict(config)
