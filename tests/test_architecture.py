@@ -19,15 +19,16 @@ ALLOWED = {
     "model": {"errors"},
     "data": {"errors", "compat", "config", "console"},
     "interop": {"errors", "model", "data"},
-    "checkpoints": {"errors", "compat", "config", "model", "data", "interop"},
-    "train": {"errors", "compat", "console", "config", "model", "data", "interop", "checkpoints"},
+    "finetune": {"errors", "model"},
+    "checkpoints": {"errors", "compat", "config", "model", "data", "interop", "finetune"},
+    "train": {"errors", "compat", "console", "config", "model", "data", "interop", "checkpoints", "finetune"},
     "evaluation": {"errors", "compat", "console", "config", "model", "data", "checkpoints"},
     "serve": {"errors", "config", "model", "checkpoints"},
     "sweeps": {"errors", "compat"},
-    "schemas": {"errors", "config", "model", "data", "train"},
+    "schemas": {"errors", "config", "model", "data", "train", "finetune"},
     "cli": {"errors", "config", "schemas"},
     "commands": {"errors", "compat", "config", "model", "data", "interop", "checkpoints", "train", "evaluation"}
-    | {"serve", "sweeps", "schemas", "cli", "console"},
+    | {"serve", "sweeps", "schemas", "cli", "console", "finetune"},
 }
 
 

@@ -5,7 +5,18 @@ import pytest
 
 from conftest import run_cli
 
-GROUPS = ["model", "data", "trainer", "optim", "logger", "callbacks", "experiment", "debug", "hparams_search"]
+GROUPS = [
+    "model",
+    "data",
+    "trainer",
+    "optim",
+    "logger",
+    "callbacks",
+    "finetune",
+    "experiment",
+    "debug",
+    "hparams_search",
+]
 
 
 def test_train_help_lists_the_groups_and_their_options():
@@ -18,7 +29,11 @@ def test_train_help_lists_the_groups_and_their_options():
     assert {"gpt_small", "gpt_nano", "gpt2"} <= set(options["model"]) and "mps" in options["trainer"]
     assert {"tensorboard", "csv", "many", "wandb"} <= set(options["logger"])
     assert "early_stopping" in options["callbacks"] and "nanogpt_cpu" in options["experiment"]
-    chosen = "Chosen now: model=gpt_small optim=adamw data=tinyshakespeare trainer=cpu callbacks=default logger=wandb"
+    assert {"none", "lora"} <= set(options["finetune"])
+    chosen = (
+        "Chosen now: model=gpt_small optim=adamw data=tinyshakespeare trainer=cpu callbacks=default logger=wandb "
+        "finetune=none"
+    )
     assert chosen in lines  # the defaults, with the command line's choices
     assert "  python src/train.py experiment=nanogpt_cpu" in lines
     assert any(line.startswith("Every key and its value: python src/train.py --cfg job") for line in lines)

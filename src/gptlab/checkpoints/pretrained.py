@@ -42,6 +42,7 @@ class Pretrained:
     step: int | None = None  # the training step a gptlab checkpoint was saved at; None: a Hugging Face folder
     val_loss: float | None = None  # val/loss at the last validation before the checkpoint was saved, where known
     hub_id: str | None = None  # `hf:<id>[@revision]` as named; source is then its snapshot in the Hub's cache
+    lora: dict | None = None  # a finetune=lora run's LoraConfig (gptlab.finetune.lora); None: no adapters
 
     @property
     def name(self) -> str:
@@ -55,7 +56,8 @@ class Pretrained:
             return f"{self.hub_id} (Hugging Face snapshot {self.source})"
         if self.source.is_dir():
             return f"{self.source} (Hugging Face folder)"
-        return f"{self.source} ({'step unknown' if self.step is None else f'step {self.step}'})"
+        adapters = ", LoRA adapters merged" if self.lora is not None else ""
+        return f"{self.source} ({'step unknown' if self.step is None else f'step {self.step}'}{adapters})"
 
     def model(self, key: str = "ckpt_path") -> GPT:
         return self.load_into(GPT(self.config), key)
@@ -160,8 +162,12 @@ def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
-def from_checkpoint(ckpt: dict, ckpt_file: Path, key: str = "ckpt_path") -> Pretrained:
-    """The weights, config and tokenizer of a gptlab checkpoint already read."""
+def from_checkpoint(ckpt: dict, ckpt_file: Path, key: str = "ckpt_path", merge: bool = True) -> Pretrained:
+    """The weights, config and tokenizer of a gptlab checkpoint already read.
+
+    A finetune=lora checkpoint's adapters are folded into its weights (`merge`; needs peft): plain GPT weights, as
+    from any other checkpoint. `merge=False` keeps the adapted model's own names (for a resumed run's checks).
+    """
     try:
         hp = ckpt["hyper_parameters"]
         config = GPTConfig(**{k: v for k, v in hp["model"].items() if k not in FORMER_MODEL_KEYS})
@@ -170,8 +176,14 @@ def from_checkpoint(ckpt: dict, ckpt_file: Path, key: str = "ckpt_path") -> Pret
     except (KeyError, TypeError) as e:
         raise GptlabError(f"{key}: {ckpt_file} is not a gptlab checkpoint (missing {e})") from None
     weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    lora = hp.get("lora")  # absent from checkpoints of earlier versions
+    if lora is not None and merge:
+        from gptlab.finetune.lora import merged_weights  # imports peft: only for a checkpoint with adapters
+
+        weights = merged_weights(config, weights, lora, ckpt_file, key)
     step = ckpt.get("global_step")
-    return Pretrained(config, weights, tokenizer, ckpt_file, step if isinstance(step, int) else None, val_loss(ckpt))
+    step = step if isinstance(step, int) else None
+    return Pretrained(config, weights, tokenizer, ckpt_file, step, val_loss(ckpt), lora=lora)
 
 
 def val_loss(ckpt: dict) -> float | None:

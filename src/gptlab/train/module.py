@@ -21,6 +21,8 @@ from torchmetrics import MeanMetric
 from gptlab.compat import LIGHTNING_HOOK_NAME_ATTRIBUTE
 from gptlab.data.tokenizers import tokenizer_from_state
 from gptlab.errors import GptlabError
+from gptlab.finetune.lora import LoraConfig
+from gptlab.finetune.lora import apply as apply_lora
 from gptlab.model.gpt import GPT, GPTConfig
 from gptlab.train.fault_guard import FaultGuard
 from gptlab.train.optim import OptimConfig
@@ -44,6 +46,7 @@ class GPTLitModule(L.LightningModule):
         activation_checkpointing: bool = False,
         compile_mode: str = "default",
         chunked_loss: bool = False,
+        lora: dict | None = None,
     ):
         super().__init__()
         # plain dicts only: checkpoints must load with torch.load(weights_only=True); compiling and activation
@@ -52,6 +55,8 @@ class GPTLitModule(L.LightningModule):
             logger=False, ignore=["compile", "activation_checkpointing", "compile_mode", "chunked_loss"]
         )
         self.model = GPT(GPTConfig(**model))
+        if lora is not None:  # finetune=lora: in hyper_parameters, so every loader rebuilds the adapters
+            apply_lora(self.model, LoraConfig(**lora))
         self.model.activation_checkpointing = activation_checkpointing
         self.model.chunked_loss = chunked_loss
         self._compile = compile

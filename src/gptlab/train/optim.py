@@ -105,9 +105,12 @@ def param_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[
 
 
 def muon_split(model: torch.nn.Module) -> tuple[list, list]:
-    """(hidden matrices inside the blocks, everything else): Muon suits the first, not embeddings or the head."""
+    """(hidden matrices inside the blocks, everything else): Muon suits the first, not embeddings or the head.
+    Trainable ones only (finetune=lora: the adapters' matrices)."""
     hidden, rest = [], []
     for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
         (hidden if p.dim() == 2 and ".h." in f".{name}" else rest).append(p)
     return hidden, rest
 

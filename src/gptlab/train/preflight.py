@@ -39,7 +39,8 @@ class Preflight(Callback):
                 locate(run.data.path, run.data.url, run.data.sha256, run.data.cache_dir, run.data.embedded)
             if run.ckpt_path:
                 # its architecture only, with the tensors memory-mapped: train() reads the checkpoint to resume
-                check_fits(resume_from(run.ckpt_path, lazy=True, sharded=run.sharded)[1], "ckpt_path", run.model)
+                resumed = resume_from(run.ckpt_path, lazy=True, sharded=run.sharded, adapters=run.finetune)[1]
+                check_fits(resumed, "ckpt_path", run.model)
             claim(folder)
         except Exception as e:
             if (line := user_error_line(e)) is None:

@@ -23,6 +23,8 @@ from gptlab.compat import silence_lightning_tips, silence_torchdata_set_vital
 from gptlab.config.launch import first_process
 from gptlab.data.factory import make_datamodule
 from gptlab.errors import ConfigError
+from gptlab.finetune import lora
+from gptlab.finetune.lora import LoraConfig, as_record
 from gptlab.model.sampling import SampleConfig
 from gptlab.model.text_stream import sample_text
 from gptlab.train import loggers
@@ -52,7 +54,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
     cfg.optim.warmup_steps = run.optim.warmup_steps  # shortened to fit a quick run: config.yaml records what ran
     init = pretrained_start(run)
     output_dir = Path(cfg.paths.output_dir)
-    resumed_from, resumed = resume_from(run.ckpt_path, sharded=run.sharded)
+    resumed_from, resumed = resume_from(run.ckpt_path, sharded=run.sharded, adapters=run.finetune)
 
     # the data's own checks, before anything is logged or written: a refusal is then the only line on stderr
     datamodule = make_datamodule(run.data, init.tokenizer if init else None, run.seed)
@@ -82,9 +84,13 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
         compile_mode=run.compile_mode,
         chunked_loss=run.chunked_loss,
         activation_checkpointing=run.activation_checkpointing,
+        lora=lora.as_record(run.finetune),
     )
     if init is not None and resumed_from is None:  # a resumed run restores its own weights instead
-        init.load_into(module.model, "init_from")
+        if run.finetune is None:
+            init.load_into(module.model, "init_from")
+        else:  # the adapted projections hold the pretrained weights under `base_layer.`
+            lora.load_base(module.model, init.weights, str(init.source))
         log.info("initialised from %s", init.describe())
 
     trainer = build_trainer(cfg, run, output_dir, extra_callbacks)
@@ -93,6 +99,8 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
         datamodule.tokenizer.save(output_dir / "tokenizer.json")
         hparams = flatten(OmegaConf.to_container(cfg, resolve=True))
         hparams["n_params"] = module.model.parameter_breakdown()["total"]
+        if run.finetune is not None:
+            log_trainable(module.model, trainer, hparams)
         log_hparams(trainer.loggers, hparams, HPARAMS_METRICS)
 
     try:
@@ -111,6 +119,16 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
             log.info("final val/loss %.4f (ppl %.2f); run folder: %s", val_loss, val_loss.exp(), output_dir)
     loggers.finish(trainer.loggers)
     return None if val_loss is None else float(val_loss)
+
+
+def log_trainable(model: torch.nn.Module, trainer: L.Trainer, hparams: dict) -> None:
+    """finetune=lora: how much of the model trains, on the console and, at step 0, to every logger."""
+    log.info(lora.trainable_line(model))
+    trainable, total = lora.parameter_counts(model)
+    figures = {"lora/trainable_params": trainable, "lora/trainable_fraction": trainable / total}
+    hparams.update(figures)
+    for logger in trainer.loggers:
+        logger.log_metrics(figures, step=0)
 
 
 def build_trainer(
@@ -159,10 +177,11 @@ def pretrained_start(run: RunConfig) -> Pretrained | None:
 
 
 def resume_from(
-    ckpt_path: str | None, lazy: bool = False, sharded: bool = False
+    ckpt_path: str | None, lazy: bool = False, sharded: bool = False, adapters: LoraConfig | None = None
 ) -> tuple[Path | None, Pretrained | None]:
     """The checkpoint file a resumed run continues from, and what it holds (to check before any weight loads);
-    `lazy`: its tensors memory-mapped, for a look at its config only; `sharded`: the run is trainer=fsdp's."""
+    `lazy`: its tensors memory-mapped, for a look at its config only; `sharded`: the run is trainer=fsdp's;
+    `adapters`: the run's finetune=lora config, which must be the checkpoint's."""
     if not ckpt_path:
         return None, None
     ckpt_file, ckpt = resume_checkpoint(ckpt_path, lazy)
@@ -173,4 +192,14 @@ def resume_from(
             f"ckpt_path: {ckpt_file} was not written by a trainer=fsdp run, and trainer=fsdp resumes only those; "
             f"start from its weights instead with init_from={ckpt_file}"
         )
-    return ckpt_file, from_checkpoint(ckpt, ckpt_file, "ckpt_path")
+    resumed = from_checkpoint(ckpt, ckpt_file, "ckpt_path", merge=False)
+    if resumed.lora != as_record(adapters):  # its state dict holds (or lacks) the adapters of exactly that config
+        raise ConfigError(
+            f"ckpt_path: {ckpt_file} was trained with {describe_lora(resumed.lora)}, this run asks for "
+            f"{describe_lora(as_record(adapters))}; start from its weights instead with init_from={ckpt_file}"
+        )
+    return ckpt_file, resumed
+
+
+def describe_lora(record: dict | None) -> str:
+    return "finetune=none" if record is None else "finetune=lora " + " ".join(f"{k}={v}" for k, v in record.items())

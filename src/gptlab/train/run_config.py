@@ -19,6 +19,7 @@ from gptlab.config.typed import typed
 from gptlab.data.config import StreamConfig, TextFileConfig
 from gptlab.data.factory import data_config
 from gptlab.errors import ConfigError, GptlabError
+from gptlab.finetune.lora import LoraConfig, require_peft
 from gptlab.model.gpt import GPTConfig
 from gptlab.model.sampling import SampleConfig
 from gptlab.train.loggers import check_packages
@@ -41,6 +42,7 @@ class RunConfig:
     max_steps: int
     ckpt_path: str | None  # resume: a checkpoint or run folder, continued at the step it stopped
     init_from: str | None  # fine-tune: weights to start from at step 0
+    finetune: LoraConfig | None  # finetune=lora: adapters train, nothing else; None (finetune=none): every weight
     compile: bool
     compile_mode: str
     chunked_loss: bool
@@ -71,6 +73,7 @@ def read(cfg: DictConfig) -> RunConfig:
         max_steps=cfg.trainer.get("max_steps", -1),
         ckpt_path=cfg.get("ckpt_path"),
         init_from=cfg.get("init_from"),
+        finetune=None if cfg.get("finetune") is None else typed(cfg, "finetune", LoraConfig),
         compile=cfg.get("compile", False),
         compile_mode=cfg.get("compile_mode", "default"),
         chunked_loss=cfg.get("chunked_loss", False),
@@ -130,11 +133,27 @@ def check(run: RunConfig, warn: bool = True) -> None:
         raise ConfigError(f"ckpt_path: checkpoint not found: {run.ckpt_path}")
     if run.sharded and run.optim.name == "muon":
         raise ConfigError("optim.name: muon orthogonalises whole matrices, which trainer=fsdp shards; use optim=adamw")
+    if run.finetune is not None:
+        check_lora(run)
     if run.data.batch_size % run.processes:
         raise ConfigError(
             f"data.batch_size ({run.data.batch_size}) is the global batch: it must divide evenly over "
             f"trainer.devices x trainer.num_nodes ({run.processes} processes)"
         )
+
+
+def check_lora(run: RunConfig) -> None:
+    """finetune=lora: pretrained weights to adapt, peft, and only what it was tested with."""
+    require_peft()
+    if not run.init_from and not run.ckpt_path:
+        raise ConfigError(
+            "init_from: finetune=lora adapts pretrained weights: set init_from=<run folder, .ckpt or Hugging Face "
+            "GPT-2 folder> (adapters on random weights would train a low-rank slice of an untrained model)"
+        )
+    if run.sharded:
+        raise ConfigError("trainer: finetune=lora with trainer=fsdp is not supported; train the adapters unsharded")
+    if run.compile:
+        raise ConfigError("compile: finetune=lora runs eager only (compile=true with adapters is not supported)")
 
 
 def whole(value: object) -> bool:
