@@ -19,7 +19,7 @@ from tb import scalars
 
 # a toy task a tiny model learns in a few dozen steps: the response is the prompt reversed
 CHAR = ["data=jsonl_prompts", "data.tokenizer=char", "data.response_end=|"]
-STEPS = ["trainer.max_steps=30", "trainer.val_check_interval=10", "optim.lr=1e-2"]
+STEPS = ["trainer.max_steps=30", "trainer.val_check_interval=15", "optim.lr=1e-2"]
 
 
 def write_jsonl(path, rows) -> str:
@@ -147,12 +147,19 @@ def test_a_stopped_and_resumed_run_ends_as_the_uninterrupted_one(tmp_path, refer
 @pytest.mark.slow
 def test_train_py_on_pairs_and_a_bad_line(tmp_path, pairs):
     logs = tmp_path / "logs"
-    args = [*FAST, *CHAR, *STEPS, f"paths.log_dir={logs}"]
+    args = [
+        *FAST,
+        *CHAR,
+        "trainer.max_steps=20",
+        "trainer.val_check_interval=20",
+        "optim.lr=1e-2",
+        f"paths.log_dir={logs}",
+    ]
     result = run_cli("train.py", *args, f"data.path={pairs}", cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     [run] = (logs / "runs").iterdir()
     train_loss = [v for _, v in scalars(run, "train/loss")]
-    assert len(train_loss) == 30 and train_loss[-1] < train_loss[0] - 0.5
+    assert len(train_loss) == 20 and train_loss[-1] < train_loss[0] - 0.3
 
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "ab", "response": "ba"}, '{"prompt": "ab"}'])
     result = run_cli("train.py", *args, f"data.path={bad}")
