@@ -6,6 +6,7 @@ import random
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from conftest import FAST, ROOT, make_config, run_cli
 from gptlab.checkpoints.interruptions import Stopped
@@ -13,6 +14,7 @@ from gptlab.data.config import PromptsConfig
 from gptlab.data.prompts import PromptsDataModule, pad_batch
 from gptlab.errors import ConfigError, DataError
 from gptlab.evaluation.perplexity import evaluate
+from gptlab.train.preflight import Preflight
 from gptlab.train.run import train
 from gptlab.train.run_config import validate
 from tb import scalars
@@ -96,7 +98,7 @@ def test_other_refusals(tmp_path):
         datamodule(tmp_path / "latin1.jsonl", tokenizer="char", response_end="|")
     one = write_jsonl(tmp_path / "one.jsonl", [{"prompt": "a", "response": "b"}])
     with pytest.raises(ConfigError, match="^data.response_end: the char tokenizer has no end-of-text token"):
-        datamodule(one, tokenizer="char", val_path=one)
+        PromptsConfig(path=one, tokenizer="char")
     with pytest.raises(DataError, match="holds 1 pair: one to train on and one to validate on at least$"):
         datamodule(one)
     with pytest.raises(ConfigError, match="^data.template must contain {prompt}"):
@@ -129,6 +131,7 @@ def test_training_learns_the_responses_and_validation_counts_only_their_tokens(r
     scores = evaluate(eval_config(f"ckpt_path={reference}", "prefer=last", *CHAR, f"data.path={pairs}"))
     held_out = [json.loads(line) for line in open(pairs)][-40:]  # the last 10%
     assert scores.tokens == sum(len(p["response"]) + 1 for p in held_out)  # each response and its "|", no prompt
+    assert scores.chars == scores.tokens  # bits/char: per character of the responses (one a token)
     assert scores.loss == pytest.approx(last_val, rel=1e-5)
     assert "seq_len_warmup: null" in (reference / "config.yaml").read_text()  # adamw's default is off for pairs
 
@@ -144,25 +147,24 @@ def test_a_stopped_and_resumed_run_ends_as_the_uninterrupted_one(tmp_path, refer
         assert torch.equal(ours["state_dict"][key], value), key
 
 
+def test_a_bad_line_stops_the_run_before_its_folder_is_made(tmp_path):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "ab", "response": "ba"}, '{"prompt": "ab"}'])
+    cfg = make_config([*FAST, *CHAR, f"data.path={bad}"], tmp_path / "run")
+    OmegaConf.set_struct(cfg, False)
+    cfg.hydra = {"run": {"dir": str(tmp_path / "run")}}
+    with pytest.raises(SystemExit) as stop:  # Python prints its message on stderr and exits with status 1
+        Preflight().on_run_start(cfg)
+    assert stop.value.code == f"error: data.path: {bad}:2: no 'response' key (data.response_key)"
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
-def test_train_py_on_pairs_and_a_bad_line(tmp_path, pairs):
+def test_train_py_learns_the_responses(tmp_path, pairs):
     logs = tmp_path / "logs"
-    args = [
-        *FAST,
-        *CHAR,
-        "trainer.max_steps=20",
-        "trainer.val_check_interval=20",
-        "optim.lr=1e-2",
-        f"paths.log_dir={logs}",
-    ]
-    result = run_cli("train.py", *args, f"data.path={pairs}", cwd=ROOT)
+    steps = ["trainer.max_steps=20", "trainer.val_check_interval=20", "optim.lr=1e-2"]
+    args = [*FAST, *CHAR, *steps, f"data.path={pairs}", f"paths.log_dir={logs}"]
+    result = run_cli("train.py", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     [run] = (logs / "runs").iterdir()
     train_loss = [v for _, v in scalars(run, "train/loss")]
     assert len(train_loss) == 20 and train_loss[-1] < train_loss[0] - 0.3
-
-    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "ab", "response": "ba"}, '{"prompt": "ab"}'])
-    result = run_cli("train.py", *args, f"data.path={bad}")
-    assert result.returncode == 1
-    assert result.stderr == f"error: data.path: {bad}:2: no 'response' key (data.response_key)\n"
-    assert list((logs / "runs").iterdir()) == [run]  # refused before Hydra made a run folder

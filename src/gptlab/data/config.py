@@ -131,6 +131,11 @@ class PromptsConfig(DataConfig):
             raise ConfigError(f"data.prompt_key and data.response_key are both {self.prompt_key!r}")
         if self.response_end == "":  # an empty response would leave its example nothing to learn
             raise ConfigError("data.response_end is empty: set it to text, or null for the tokenizer's end-of-text")
+        if self.response_end is None and self.tokenizer == "char":
+            raise ConfigError(
+                "data.response_end: the char tokenizer has no end-of-text token: set data.response_end to the text "
+                "that ends every response (e.g. data.response_end='|')"
+            )
 
 
 def source_key(c: StreamConfig) -> str:

@@ -88,13 +88,7 @@ def end_ids(tokenizer, response_end: str | None) -> list[int]:
             return tokenizer.encode(response_end)
         except DataError as e:
             raise ConfigError(f"data.response_end: {e}") from None
-    eot = getattr(tokenizer, "eot", None)
-    if eot is None:
-        raise ConfigError(
-            f"data.response_end: the {tokenizer.kind} tokenizer has no end-of-text token: set data.response_end "
-            "to the text that ends every response (e.g. data.response_end='|')"
-        )
-    return [eot]
+    return [tokenizer.eot]  # GPT-2's; PromptsConfig refuses the char tokenizer, which has none, without response_end
 
 
 def encode_pair(pair: Pair, tokenizer, end: list[int], block_size: int) -> Example:
