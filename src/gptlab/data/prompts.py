@@ -102,7 +102,7 @@ def encode_pair(pair: Pair, tokenizer, end: list[int], block_size: int) -> Examp
     if len(ids) > block_size + 1:
         raise DataError(
             f"{pair.where}: {len(ids)} tokens (prompt, response and end), more than data.block_size + 1 = "
-            f"{block_size + 1}: shorten the pair or raise data.block_size (it follows model.block_size unless set)"
+            f"{block_size + 1}: shorten the pair, or raise data.block_size (up to model.block_size)"
         )
     return Example(torch.tensor(ids, dtype=torch.long), len(prompt))
 
