@@ -55,6 +55,8 @@ def test_every_other_preset_validates(group, tmp_path, shakespeare):
 def test_every_data_preset_validates(data, tmp_path, shakespeare):
     where = {"tinyshakespeare": [f"data.path={shakespeare}"], "text_file": [f"data.path={shakespeare}"]}
     where["text_files"] = [f"data.files=[{shakespeare}]"]
+    (pairs := tmp_path / "pairs.jsonl").write_text('{"prompt": "a", "response": "b"}\n' * 2)
+    where["jsonl_prompts"] = [f"data.path={pairs}"]
     run = validate(make_config([f"data={data}", *where.get(data, [])], tmp_path))
     assert run.data.block_size == run.model.block_size
 

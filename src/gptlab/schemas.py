@@ -3,7 +3,8 @@
 Each dataclass stays beside the code it configures and holds every default once; a preset in conf/ names its
 schema in its defaults list and lists only what differs (conf/model/gpt_small.yaml: `defaults: [base, _self_]`).
 Registered as group options: model/base (GPTConfig), optim/base (OptimConfig), data/base_text_file
-(TextFileConfig), data/base_stream (StreamConfig) and finetune/base_lora (LoraConfig).
+(TextFileConfig), data/base_stream (StreamConfig), data/base_prompts (PromptsConfig) and finetune/base_lora
+(LoraConfig).
 
 Imported by the entry points (gptlab.cli.run) before Hydra composes; it imports no Lightning.
 """
@@ -15,7 +16,7 @@ from omegaconf import OmegaConf
 
 from gptlab.config.argv import this_command
 from gptlab.config.run_folder import folder_name, short_name
-from gptlab.data.config import StreamConfig, TextFileConfig
+from gptlab.data.config import PromptsConfig, StreamConfig, TextFileConfig
 from gptlab.errors import ConfigError
 from gptlab.finetune.lora import LoraConfig
 from gptlab.model.gpt import GPTConfig
@@ -26,6 +27,7 @@ SCHEMAS = {
     ("optim", "base"): OptimConfig,
     ("data", "base_text_file"): TextFileConfig,
     ("data", "base_stream"): StreamConfig,
+    ("data", "base_prompts"): PromptsConfig,
     ("finetune", "base_lora"): LoraConfig,
 }
 

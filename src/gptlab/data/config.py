@@ -101,5 +101,42 @@ class StreamConfig(DataConfig):
         return repr(self.dataset) if self.dataset else str(self.files)
 
 
+@dataclass
+class PromptsConfig(DataConfig):
+    """Prompt/response pairs, one JSON object a line, for instruction tuning: the loss is on the responses only.
+
+    Each example is `template` with the prompt in it, then the response, then `response_end`; it trains whole (one
+    example a row, padded to the batch's longest) and is refused, by its line number, if longer than
+    block_size + 1 tokens.
+    """
+
+    name: str = "prompts"
+    path: str | None = None  # the JSONL file of training pairs (and of validation pairs when val_path is unset)
+    val_path: str | None = None  # a JSONL file of validation pairs; unset: the last val_fraction of path's lines
+    val_fraction: float = 0.1
+    prompt_key: str = "prompt"
+    response_key: str = "response"
+    template: str = "{prompt}\n"  # what the model reads before the response: {prompt} is replaced by the prompt
+    response_end: str | None = None  # after each response; null: the tokenizer's end-of-text token (GPT-2's)
+    tokenizer: str = "gpt2"
+    batch_size: int = 16  # the global batch: examples per step over all processes
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.val_path is None and not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if "{prompt}" not in self.template:
+            raise ConfigError(f"data.template must contain {{prompt}}, where the prompt goes; got {self.template!r}")
+        if self.prompt_key == self.response_key:
+            raise ConfigError(f"data.prompt_key and data.response_key are both {self.prompt_key!r}")
+        if self.response_end == "":  # an empty response would leave its example nothing to learn
+            raise ConfigError("data.response_end is empty: set it to text, or null for the tokenizer's end-of-text")
+        if self.response_end is None and self.tokenizer == "char":
+            raise ConfigError(
+                "data.response_end: the char tokenizer has no end-of-text token: set data.response_end to the text "
+                "that ends every response (e.g. data.response_end='|')"
+            )
+
+
 def source_key(c: StreamConfig) -> str:
     return hashlib.sha256(json.dumps(c.source(), sort_keys=True).encode()).hexdigest()[:16]

@@ -5,12 +5,16 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from gptlab.config.typed import typed
-from gptlab.data.config import DataConfig, StreamConfig, TextFileConfig
+from gptlab.data.config import DataConfig, PromptsConfig, StreamConfig, TextFileConfig
 
 
-def data_config(cfg: DictConfig, key: str = "data") -> TextFileConfig | StreamConfig:
-    """cfg[key] as the dataclass of its kind: `streaming: true` is a stream, anything else one text file."""
-    return typed(cfg, key, StreamConfig if cfg[key].get("streaming") else TextFileConfig)
+def data_config(cfg: DictConfig, key: str = "data") -> TextFileConfig | StreamConfig | PromptsConfig:
+    """cfg[key] as the dataclass of its kind: `streaming: true` is a stream, a config with `prompt_key`
+    prompt/response pairs (data=jsonl_prompts), anything else one text file."""
+    node = cfg[key]
+    if node.get("streaming"):
+        return typed(cfg, key, StreamConfig)
+    return typed(cfg, key, PromptsConfig if "prompt_key" in node else TextFileConfig)
 
 
 def make_datamodule(config: DataConfig, tokenizer=None, seed: int = 0):
@@ -22,6 +26,10 @@ def make_datamodule(config: DataConfig, tokenizer=None, seed: int = 0):
         from gptlab.data.streaming import StreamDataModule
 
         return StreamDataModule(config)
+    if isinstance(config, PromptsConfig):
+        from gptlab.data.prompts import PromptsDataModule
+
+        return PromptsDataModule(config, tokenizer, seed)
     from gptlab.data.text_file import TextFileDataModule
 
     return TextFileDataModule(config, tokenizer, seed)

@@ -25,6 +25,7 @@ from gptlab.checkpoints.compatibility import check_fits
 from gptlab.checkpoints.pretrained import load_pretrained
 from gptlab.config.typed import typed, typed_top
 from gptlab.console import progress_bar
+from gptlab.data.config import DataConfig, PromptsConfig
 from gptlab.data.factory import data_config, make_datamodule
 from gptlab.data.text_source import read_text
 from gptlab.data.windows import validation_windows
@@ -146,7 +147,7 @@ def evaluate(cfg: DictConfig) -> Scores:
         block = min(block, len(tokens) - 1)
         batch_size = cfg.data.get("val_batch_size") or cfg.data.batch_size
         loader = DataLoader(validation_windows(tokens, block), batch_size=batch_size)
-        what = f"{run.text_file} (all of it)"
+        predicted, what = tokens[1:], f"{run.text_file} (all of it)"
     else:
         cfg.block_size = block  # data.block_size follows it
         data = data_config(cfg)
@@ -154,13 +155,22 @@ def evaluate(cfg: DictConfig) -> Scores:
         datamodule = make_datamodule(data, tokenizer)
         datamodule.prepare_data()
         datamodule.setup("validate")
-        tokens, loader = datamodule.val_tokens, datamodule.val_dataloader()
-        block, what = data.block_size, f"the validation split of data={data.name} ({len(tokens):,} tokens)"
+        loader, (predicted, what) = datamodule.val_dataloader(), validation_split(datamodule, data)
+        block = data.block_size
     if block > weights.config.block_size:
         raise ConfigError(f"block_size ({block}) exceeds the model's block_size ({weights.config.block_size})")
     nats, count = total_nats(weights.model().to(device).eval(), loader, device, run.progress)
-    chars, size = text_size(tokenizer, tokens[1:].tolist())
+    chars, size = text_size(tokenizer, predicted.tolist())
     return Scores(str(weights.source), what, block, count, nats, chars, size)
+
+
+def validation_split(datamodule, data: DataConfig) -> tuple[torch.Tensor, str]:
+    """The ids the validation split predicts (their characters and bytes are counted), and the split in words."""
+    if isinstance(data, PromptsConfig):  # the responses and their ends only: prompt tokens are never predicted
+        pairs = len(datamodule.val_examples)
+        return datamodule.predicted_ids(), f"the validation pairs of data={data.name} ({pairs:,}, responses only)"
+    tokens = datamodule.val_tokens
+    return tokens[1:], f"the validation split of data={data.name} ({len(tokens):,} tokens)"
 
 
 def file_tokens(path: Path, tokenizer) -> torch.Tensor:

@@ -5,9 +5,9 @@ calls the training function. A run refused there would already have left a folde
 `resume=<run>` would have replaced that run's saved overrides with the refused ones, breaking every later resume.
 This Hydra callback runs when a single run starts, before any of that: it refuses a folder that holds another run,
 validates the config as `train` will (gptlab.train.run_config), checks a resumed checkpoint's architecture against
-it (the tokenizer is checked once the data is read), finds (or downloads) a text file's data, and claims the run
-folder for this process (gptlab.config.run_folder), so two runs started into one folder at once cannot both write
-there.
+it (the tokenizer is checked once the data is read), finds (or downloads) a text file's data, reads prompt/response
+pairs (a bad line is refused here; their tokens are checked once the tokenizer exists), and claims the run folder
+for this process (gptlab.config.run_folder), so two runs started into one folder at once cannot both write there.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from gptlab.checkpoints.compatibility import check_fits
 from gptlab.config.errors import user_error_line
 from gptlab.config.launch import first_process
 from gptlab.config.run_folder import claim, refuse_occupied
-from gptlab.data.config import TextFileConfig
+from gptlab.data.config import PromptsConfig, TextFileConfig
+from gptlab.data.prompts import read_splits
 from gptlab.data.text_source import locate
 from gptlab.train.run import resume_from
 from gptlab.train.run_config import validate
@@ -37,6 +38,8 @@ class Preflight(Callback):
             run = validate(config, warn=False)  # the run warns again, into its own log file
             if isinstance(run.data, TextFileConfig):  # a download that fails (offline, bad sha256) refuses the run
                 locate(run.data.path, run.data.url, run.data.sha256, run.data.cache_dir, run.data.embedded)
+            if isinstance(run.data, PromptsConfig):  # a bad line refuses the run (tokens are checked with the data)
+                read_splits(run.data)
             if run.ckpt_path:
                 # its architecture only, with the tensors memory-mapped: train() reads the checkpoint to resume
                 resumed = resume_from(run.ckpt_path, lazy=True, sharded=run.sharded, adapters=run.finetune)[1]

@@ -52,6 +52,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None) -> f
     silence_lightning_tips()  # product tips and a warning about torchdata's own code: nothing for a user to do
     silence_torchdata_set_vital()
     cfg.optim.warmup_steps = run.optim.warmup_steps  # shortened to fit a quick run: config.yaml records what ran
+    cfg.optim.seq_len_warmup = run.optim.seq_len_warmup  # off for prompt/response pairs (run_config.check_pairs)
     init = pretrained_start(run)
     output_dir = Path(cfg.paths.output_dir)
     resumed_from, resumed = resume_from(run.ckpt_path, sharded=run.sharded, adapters=run.finetune)

@@ -16,7 +16,7 @@ from gptlab.checkpoints.interruptions import ReliabilityConfig
 from gptlab.config.errors import ours_first
 from gptlab.config.launch import first_process, launch_mismatch
 from gptlab.config.typed import typed
-from gptlab.data.config import StreamConfig, TextFileConfig
+from gptlab.data.config import PromptsConfig, StreamConfig, TextFileConfig
 from gptlab.data.factory import data_config
 from gptlab.errors import ConfigError, GptlabError
 from gptlab.finetune.lora import LoraConfig, require_peft
@@ -35,7 +35,7 @@ SAMPLE_SEEDS = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 @dataclass
 class RunConfig:
     model: GPTConfig
-    data: TextFileConfig | StreamConfig
+    data: TextFileConfig | StreamConfig | PromptsConfig
     optim: OptimConfig
     sample: SampleConfig
     reliability: ReliabilityConfig
@@ -120,6 +120,8 @@ def check(run: RunConfig, warn: bool = True) -> None:
         )
     if run.data.block_size > run.model.block_size:
         raise ConfigError(f"data.block_size ({run.data.block_size}) exceeds model.block_size ({run.model.block_size})")
+    if isinstance(run.data, PromptsConfig):
+        check_pairs(run, warn)
     block = run.data.block_size
     if bad := [n for n, _ in run.optim.seq_len_warmup or [] if n < block and block % n]:
         raise ConfigError(
@@ -127,7 +129,7 @@ def check(run: RunConfig, warn: bool = True) -> None:
             "(or set optim.seq_len_warmup=null)"
         )
     fit_warmup(run, warn)
-    if getattr(run.data, "path", None):
+    if isinstance(run.data, TextFileConfig) and run.data.path:
         check_data_file(run.data)
     if run.ckpt_path and not Path(run.ckpt_path).exists():
         raise ConfigError(f"ckpt_path: checkpoint not found: {run.ckpt_path}")
@@ -183,6 +185,19 @@ def fit_warmup(run: RunConfig, warn: bool = True) -> None:
             shorter,
         )
     run.optim.warmup_steps = shorter
+
+
+def check_pairs(run: RunConfig, warn: bool = True) -> None:
+    """data=jsonl_prompts: its files exist; and no seq_len_warmup, which would cut a response off from its prompt
+    (optim=adamw has one by default, so it is turned off here with a warning rather than refused)."""
+    for key in ("path", "val_path"):
+        name = getattr(run.data, key)
+        if name is not None and not Path(name).expanduser().is_file():
+            raise ConfigError(f"data.{key}: file not found: {name}")
+    if run.optim.seq_len_warmup:
+        if warn and first_process() and any(n < run.data.block_size for n, _ in run.optim.seq_len_warmup):
+            log.warning("optim.seq_len_warmup is off with data=jsonl_prompts: each pair trains whole")
+        run.optim.seq_len_warmup = None
 
 
 def check_data_file(data: TextFileConfig) -> None:
