@@ -64,7 +64,8 @@ def test_checkpoints_are_plain_and_carry_the_tokenizer(tmp_path, small_corpus):
     assert ckpt["global_step"] == 6
     assert ckpt["tokenizer"]["kind"] == "char" and len(ckpt["tokenizer"]["chars"]) > 30
     hp = ckpt["hyper_parameters"]
-    assert set(hp) == {"model", "optim", "tokenizer"} and hp["model"]["vocab_size"] == len(hp["tokenizer"]["chars"])
+    assert set(hp) == {"model", "optim", "tokenizer", "lora"} and hp["lora"] is None  # finetune=none: no adapters
+    assert hp["model"]["vocab_size"] == len(hp["tokenizer"]["chars"])
 
 
 def test_train_loss_is_the_mean_over_the_accumulation_window(tmp_path, small_corpus, monkeypatch):
