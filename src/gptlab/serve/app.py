@@ -36,6 +36,7 @@ from gptlab.model.text_stream import Detokenizer, encode_prompt
 from gptlab.serve.batching import END, Batcher, Generation
 from gptlab.serve.request_body import RequestBodyGuard
 
+NOTHING = object()  # no new text within DISCONNECT_POLL_S
 DISCONNECT_POLL_S = 0.25  # how often a request with no new text checks that its client is still there
 RETRY_AFTER_S = 1  # the Retry-After of a 429: a row frees up as soon as any running request ends
 
@@ -209,28 +210,37 @@ def create_app(config: ServeConfig) -> FastAPI:
 
 
 async def pieces(generation: Generation, request: Request) -> AsyncIterator[str]:
-    """The generation's text pieces as the batch makes them; if the client goes, the generation is cancelled (it
-    leaves the queue or the batch before the next token)."""
+    """The generation's text pieces (one a token) as the batch makes them. The client is looked for every
+    DISCONNECT_POLL_S, not every token (each look is a round through the server's receive channel): if it has gone,
+    the generation is cancelled (it leaves the queue or the batch before its next token)."""
+    loop = asyncio.get_running_loop()
+    checked = loop.time()
     try:
         while True:
             try:
-                item = generation.events.get_nowait()
+                item = generation.events.get_nowait()  # already there: no timer to set up
             except asyncio.QueueEmpty:
-                try:
-                    item = await asyncio.wait_for(generation.events.get(), DISCONNECT_POLL_S)
-                except TimeoutError:  # queued, or a long prefill: is anyone still waiting for it?
-                    if await request.is_disconnected():
-                        return
-                    continue
-            if item is END:
-                return
-            if isinstance(item, Exception):
-                raise item
-            yield item
-            if await request.is_disconnected():
-                return
+                item = await waited(generation.events)
+            if item is not NOTHING:
+                if item is END:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+            if loop.time() - checked >= DISCONNECT_POLL_S:
+                checked = loop.time()
+                if await request.is_disconnected():
+                    return
     finally:
         generation.cancel()  # a no-op once it has finished
+
+
+async def waited(events: asyncio.Queue) -> object:
+    """The next item, or NOTHING after DISCONNECT_POLL_S (queued, or a long prefill)."""
+    try:
+        return await asyncio.wait_for(events.get(), DISCONNECT_POLL_S)
+    except TimeoutError:
+        return NOTHING
 
 
 async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -46,11 +46,11 @@ class Generation:
         """The client has gone: the batch drops this generation before its next step (a flag: any thread)."""
         self.cancelled = True
 
-    def put(self, item: object) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
-        except RuntimeError:  # the event loop has closed: no one is reading
-            self.cancelled = True
+
+def deliver(items: list[tuple[Generation, object]]) -> None:
+    """On a handler's event loop: a step's items into their generations' queues."""
+    for g, item in items:
+        g.events.put_nowait(item)
 
 
 class Batcher:
@@ -68,6 +68,7 @@ class Batcher:
         self.thread: threading.Thread | None = None
         self.stopping = False
         self.tokens_generated = 0
+        self.outbox: list[tuple[Generation, object]] = []  # this step's text for the handlers, sent at its end
 
     @property
     def running(self) -> int:
@@ -95,11 +96,29 @@ class Batcher:
                     self.step(joining)
                 except Exception as e:  # a bug must not leave every client waiting forever
                     self.fail([*joining, *self.rows, *self.sliding], e)
+                self.flush()
+
+    def send(self, g: Generation, item: object) -> None:
+        self.outbox.append((g, item))
+
+    def flush(self) -> None:
+        """Hand the step's items to the handlers: one wake-up of each event loop a step, not one a token (each is
+        a write to the loop's wake-up socket, and the loop's thread and this one share the GIL)."""
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for g, item in self.outbox:
+            by_loop.setdefault(g.loop, []).append((g, item))
+        self.outbox = []
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(deliver, items)
+            except RuntimeError:  # the event loop has closed: no one is reading
+                for g, _ in items:
+                    g.cancelled = True
 
     def fail(self, generations: list[Generation], error: Exception) -> None:
         for g in generations:
             if not g.done:
-                g.put(error)
+                self.send(g, error)
                 g.done = True
         self.leave_finished()
         for g in generations:  # those that failed before taking a row (leaving twice is harmless)
@@ -163,7 +182,7 @@ class Batcher:
         self.tokens_generated += 1
         piece = g.text.push(token)
         if piece or token != g.text.eot:  # the end of text is no piece of its own, only what it lets out
-            g.put(piece)
+            self.send(g, piece)
         if g.text.finish_reason is not None:
             self.finish(g, "")
         elif g.text.completion_tokens == p.max_new_tokens:
@@ -173,9 +192,9 @@ class Batcher:
         """g's last text, then END; its place is given back first, so a client that has its answer finds it free
         (the row itself is freed before the next step, `leave_finished`)."""
         if tail:
-            g.put(tail)
+            self.send(g, tail)
         g.on_leave()
-        g.put(END)
+        self.send(g, END)
         g.done = True
 
     def leave_finished(self) -> None:
@@ -190,7 +209,7 @@ class Batcher:
     def leave(self, g: Generation) -> None:
         g.on_leave()  # a second call (after finish) changes nothing
         if not g.done:  # cancelled: whoever still reads its events learns it has ended
-            g.put(END)
+            self.send(g, END)
             g.done = True
 
     def remove_row(self, r: int) -> Generation:
