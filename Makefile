@@ -42,7 +42,7 @@ speedrun:  ## the fastest recipe here to val/loss <= 1.88 on char-level tinyshak
 	$(PY) src/train.py experiment=speedrun_char $(DATA_PATH) $(ARGS)
 
 bench-speedrun:  ## nanoGPT's CPU recipe and `make speedrun` side by side, seeds 1337 7 42 (NANOGPT_DIR=a nanoGPT checkout)
-	$(PY) bench/speedrun_vs_nanogpt.py $(if $(DATA),--data $(DATA)) $(ARGS)
+	$(PY) bench/speedrun_vs_nanogpt.py $(if $(NANOGPT_DIR),--nanogpt $(NANOGPT_DIR)) $(if $(DATA),--data $(DATA)) $(ARGS)
 
 search:  ## Optuna over lr x warmup x width for gpt_small (hparams_search=gpt_small_optuna, 20 trials)
 	$(PY) src/train.py hparams_search=gpt_small_optuna $(DATA_PATH) $(ARGS)

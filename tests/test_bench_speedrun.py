@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 from test_bench import bench_module
+from test_makefile import make_dry_run
 
 bench = bench_module("speedrun_vs_nanogpt")
 
@@ -132,3 +133,8 @@ def test_a_failing_gptlab_run_names_it_and_its_last_line(nanogpt, monkeypatch, c
     monkeypatch.setattr(bench, "gptlab_command", lambda *a: [sys.executable, "-c", "import sys; sys.exit('boom')"])
     assert bench.main(["--nanogpt", str(nanogpt), "--seeds", "3"]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == "error: gptlab seed 3: exited with 1: boom"
+
+
+def test_make_target_passes_the_checkout_and_the_data(tmp_path):
+    line = make_dry_run("bench-speedrun", tmp_path, "NANOGPT_DIR=/src/nanoGPT", "DATA=in.txt", "ARGS=--seeds 7")
+    assert line.endswith("bench/speedrun_vs_nanogpt.py --nanogpt /src/nanoGPT --data in.txt --seeds 7")
