@@ -3,12 +3,15 @@ stand-in nanoGPT checkout (a real nanoGPT run takes minutes)."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import textwrap
 
 import pytest
 from test_bench import bench_module
 from test_makefile import make_dry_run
+
+from conftest import ROOT
 
 bench = bench_module("speedrun_vs_nanogpt")
 
@@ -138,3 +141,15 @@ def test_a_failing_gptlab_run_names_it_and_its_last_line(nanogpt, monkeypatch, c
 def test_make_target_passes_the_checkout_and_the_data(tmp_path):
     line = make_dry_run("bench-speedrun", tmp_path, "NANOGPT_DIR=/src/nanoGPT", "DATA=in.txt", "ARGS=--seeds 7")
     assert line.endswith("bench/speedrun_vs_nanogpt.py --nanogpt /src/nanoGPT --data in.txt --seeds 7")
+
+
+@pytest.mark.slow  # one real gptlab run of the speedrun recipe, 3 steps: about 10 s, most of it imports
+def test_a_real_speedrun_run_is_parsed_and_compared(nanogpt, small_corpus):
+    cmd = [sys.executable, str(ROOT / "bench" / "speedrun_vs_nanogpt.py"), "--nanogpt", str(nanogpt)]
+    cmd += ["--seeds", "7", "--data", str(small_corpus), "--ratio", "1000", "trainer.max_steps=3"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr  # 3 steps end far above nanoGPT's 1.8857
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| gptlab seed 7 |"))
+    wall, loss, ratio, fast, low = (cell.strip() for cell in row.strip("|").split("|")[1:])
+    assert float(loss) > 3.0 and float(ratio) > 1 and (fast, low) == ("yes", "no")
+    assert result.stderr.splitlines()[-1].startswith(f"gptlab seed 7: {wall} s, val/loss {loss}")
