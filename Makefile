@@ -11,7 +11,7 @@ CKPT ?= $(lastword $(sort $(patsubst %/checkpoints/,%,$(dir $(wildcard logs/runs
 OUT ?= $(CKPT)/hf
 
 .PHONY: help install wheel train resume prepare sweep search report tb generate serve evaluate export bench-generate \
-	bench-serve bench-data bench bench-nan-guard bench-muon bench-adamw bench-startup bench-memory bench-gpu bench-mfu speedrun test test-slow \
+	bench-serve bench-data bench bench-nan-guard bench-muon bench-adamw bench-startup bench-memory bench-gpu bench-mfu bench-speedrun speedrun test test-slow \
 	test-all lint clean
 
 help:  ## list the targets
@@ -38,8 +38,11 @@ sweep:  ## a three-run depth sweep, each run in its own folder under logs/multir
 bench:  ## Lightning vs a plain loop, fp32 vs bf16-mixed, interleaved; table + JSON in bench/results (ARGS=flags)
 	$(PY) bench/train.py $(if $(DATA),--data $(DATA)) $(ARGS)
 
-speedrun:  ## the fastest recipe here to val/loss <= 1.88 on char-level tinyshakespeare (ARGS=more overrides)
+speedrun:  ## the fastest recipe here to val/loss <= 1.8857 (nanoGPT's final) on char-level tinyshakespeare (ARGS=more overrides)
 	$(PY) src/train.py experiment=speedrun_char $(DATA_PATH) $(ARGS)
+
+bench-speedrun:  ## nanoGPT's CPU recipe and `make speedrun` side by side, seeds 1337 7 42 (NANOGPT_DIR=a nanoGPT checkout)
+	$(PY) bench/speedrun_vs_nanogpt.py $(if $(NANOGPT_DIR),--nanogpt $(NANOGPT_DIR)) $(if $(DATA),--data $(DATA)) $(ARGS)
 
 search:  ## Optuna over lr x warmup x width for gpt_small (hparams_search=gpt_small_optuna, 20 trials)
 	$(PY) src/train.py hparams_search=gpt_small_optuna $(DATA_PATH) $(ARGS)

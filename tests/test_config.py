@@ -103,6 +103,14 @@ def test_nanogpt_experiment_pins_the_recipe(tmp_path):
     assert (run.optim.lr, run.optim.min_lr, run.optim.warmup_steps, run.max_steps) == (1e-3, 1e-4, 100, 2000)
 
 
+def test_speedrun_experiments_compose_and_keep_their_own_depth_and_momentum(tmp_path):
+    run = validate(make_config(["experiment=speedrun_char"], tmp_path))
+    assert (run.model.n_layer, run.model.n_embd, run.model.block_size, run.data.batch_size) == (3, 128, 64, 12)
+    assert (run.optim.name, run.optim.muon_momentum, run.max_steps) == ("muon", 0.85, 400)
+    run = validate(make_config(["experiment=speedrun_char_160"], tmp_path))  # chosen with speedrun_char's old values
+    assert (run.model.n_layer, run.model.block_size, run.optim.muon_momentum, run.max_steps) == (4, 128, 0.95, 1000)
+
+
 def test_env_var_points_at_the_corpus(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYSHAKESPEARE_PATH", "/some/input.txt")
     assert make_config([], tmp_path).data.path == "/some/input.txt"
