@@ -10,15 +10,19 @@ Lightning also fetches one batch ahead of the training step from a loader withou
 ends), so the loader's own state is one batch past what training consumed: `held_back` batches of state are
 kept, and the state saved is the one from before the batches the consumer holds but has not used yet.
 
-`PassLoader` is the same idea for a finite dataset read in passes (epochs) through a DistributedSampler.
+`PassLoader` is the same idea for a finite dataset read in passes (epochs) through a DistributedSampler;
+`pass_loader` and `validation_loader` build the training and validation loaders of the finite datasets (text
+files, prompt/response pairs).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from gptlab.compat import batches_given
@@ -87,3 +91,30 @@ class PassLoader(StatefulDataLoader):
         self.sampler.set_epoch(state_dict["epoch"])
         if state_dict["position"] is not None:
             super().load_state_dict(state_dict["position"])
+
+
+def pass_loader(dataset: Dataset, config, trainer, seed: int, collate_fn: Callable | None = None) -> PassLoader:
+    """The training loader: shuffled, a pure function of (seed, pass) (Lightning calls the sampler's set_epoch),
+    resumable mid-pass. With DDP, data.batch_size stays the global batch: each of the N ranks takes every N-th item
+    of the same order and batch_size / N of them per step, so a step sees the same items as on one process."""
+    ranks, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+    sampler = DistributedSampler(dataset, num_replicas=ranks, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    batch_size, workers = config.per_process_batch(ranks), _workers(config, seed)
+    return PassLoader(dataset, batch_size, sampler=sampler, collate_fn=collate_fn, drop_last=True, **workers)
+
+
+def validation_loader(dataset: Dataset, config, seed: int, collate_fn: Callable | None = None) -> DataLoader:
+    batch_size = config.val_batch_size or config.batch_size
+    return DataLoader(dataset, batch_size, collate_fn=collate_fn, **_workers(config, seed))
+
+
+def _workers(config, seed: int) -> dict:
+    workers = config.num_workers
+    return dict(
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),
+        # each new iterator draws the workers' seeds from this; from the global RNG, dropout's draws would depend
+        # on how often a loader builds an iterator, so on num_workers
+        generator=torch.Generator().manual_seed(seed),
+    )

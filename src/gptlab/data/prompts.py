@@ -16,10 +16,10 @@ from pathlib import Path
 import lightning as L
 import torch
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from gptlab.data.config import PromptsConfig
-from gptlab.data.loaders import PassLoader
+from gptlab.data.loaders import PassLoader, pass_loader, validation_loader
 from gptlab.data.tokenizers import make_tokenizer
 from gptlab.errors import ConfigError, DataError
 
@@ -164,32 +164,7 @@ class PromptsDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> PassLoader:
         """Shuffled examples, a pure function of (seed, pass), resumable mid-pass as the text-file loader is."""
-        dataset = Examples(self.train_examples)
-        ranks, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-        sampler = DistributedSampler(
-            dataset, num_replicas=ranks, rank=rank, shuffle=True, seed=self.seed, drop_last=True
-        )
-        workers = self.config.num_workers
-        return PassLoader(
-            dataset,
-            batch_size=self.config.per_process_batch(ranks),
-            sampler=sampler,
-            collate_fn=pad_batch,
-            drop_last=True,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            generator=torch.Generator().manual_seed(self.seed),
-        )
+        return pass_loader(Examples(self.train_examples), self.config, self.trainer, self.seed, pad_batch)
 
     def val_dataloader(self) -> DataLoader:
-        workers = self.config.num_workers
-        return DataLoader(
-            Examples(self.val_examples),
-            batch_size=self.config.val_batch_size or self.config.batch_size,
-            collate_fn=pad_batch,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            generator=torch.Generator().manual_seed(self.seed),
-        )
+        return validation_loader(Examples(self.val_examples), self.config, self.seed, pad_batch)

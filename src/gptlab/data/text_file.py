@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from gptlab.data.config import TextFileConfig
-from gptlab.data.loaders import PassLoader
+from gptlab.data.loaders import PassLoader, pass_loader, validation_loader
 from gptlab.data.text_source import locate, read_text
 from gptlab.data.tokenizers import CharTokenizer, make_tokenizer
 from gptlab.data.windows import training_windows, validation_windows
@@ -62,39 +62,9 @@ class TextFileDataModule(L.LightningDataModule):
             )
 
     def train_dataloader(self) -> PassLoader:
-        """Random windows, resumable mid-epoch: Lightning saves and restores this loader's position.
-
-        The order is a pure function of (seed, epoch): Lightning calls the sampler's set_epoch. With DDP,
-        data.batch_size stays the global batch: each of the N ranks takes every N-th window of the same order
-        and batch_size / N of them per step, so a step sees the same windows as on one process.
-        """
+        """Random windows, resumable mid-epoch: Lightning saves and restores this loader's position."""
         dataset = training_windows(self.train_tokens, self.config.block_size)
-        ranks, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-        sampler = DistributedSampler(
-            dataset, num_replicas=ranks, rank=rank, shuffle=True, seed=self.seed, drop_last=True
-        )
-        workers = self.config.num_workers
-        return PassLoader(
-            dataset,
-            batch_size=self.config.per_process_batch(ranks),
-            sampler=sampler,
-            drop_last=True,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            # the workers' seeds come from here, not from the global RNG the model's dropout draws from
-            generator=torch.Generator().manual_seed(self.seed),
-        )
+        return pass_loader(dataset, self.config, self.trainer, self.seed)
 
     def val_dataloader(self) -> DataLoader:
-        workers = self.config.num_workers
-        return DataLoader(
-            validation_windows(self.val_tokens, self.config.block_size),
-            batch_size=self.config.val_batch_size or self.config.batch_size,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            # each new iterator draws a seed from this; from the global RNG it would make dropout's draws depend
-            # on how often validation builds an iterator, so on num_workers
-            generator=torch.Generator().manual_seed(self.seed),
-        )
+        return validation_loader(validation_windows(self.val_tokens, self.config.block_size), self.config, self.seed)
