@@ -100,12 +100,13 @@ def pass_loader(dataset: Dataset, config, trainer, seed: int, collate_fn: Callab
     ranks, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
     sampler = DistributedSampler(dataset, num_replicas=ranks, rank=rank, shuffle=True, seed=seed, drop_last=True)
     batch_size, workers = config.per_process_batch(ranks), _workers(config, seed)
-    return PassLoader(dataset, batch_size, sampler=sampler, collate_fn=collate_fn, drop_last=True, **workers)
+    # keywords only: Lightning rebuilds a loader from its arguments by name (trainer.overfit_batches does)
+    return PassLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn, drop_last=True, **workers)
 
 
 def validation_loader(dataset: Dataset, config, seed: int, collate_fn: Callable | None = None) -> DataLoader:
     batch_size = config.val_batch_size or config.batch_size
-    return DataLoader(dataset, batch_size, collate_fn=collate_fn, **_workers(config, seed))
+    return DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn, **_workers(config, seed))
 
 
 def _workers(config, seed: int) -> dict:
