@@ -69,61 +69,88 @@ class BatchKVCache:
     A forward pass runs on rows 0 .. n-1 (`n`), one or more new tokens per row, each row's at its own positions;
     the attention mask hides every key past a row's own tokens (left over from a longer row, or from a sequence
     that has left). Rows stay packed: when a sequence leaves, the last row moves into its place (`move`).
+
+    Every layer of a pass asks for the same positions, row indices and mask: they are worked out once a pass
+    (`plan`), and the lengths are plain ints, so none of this waits on a tensor (a decode step is a few hundred
+    small ops: each one saved is a share of the step).
     """
 
     def __init__(self, shape: tuple[int, int, int, int, int], device: torch.device, dtype: torch.dtype):
         """shape: (layers, rows, heads, block_size, head size)."""
         self.k = torch.zeros(shape, device=device, dtype=dtype)  # zeros: a masked key is never inf or NaN
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.lengths = torch.zeros(shape[1], dtype=torch.long, device=device)
+        self.lengths = [0] * shape[1]
         self.n = 0
         self.block_size = shape[3]
+        self.pass_plan: PassPlan | None = None
 
     empty = False  # every row was prefilled before it decodes
 
     def row(self, r: int) -> KVCache:
         """Row r, emptied, as a one-sequence cache: a prefill writes it with the plain causal pass of `generate`."""
-        self.lengths[r] = 0
+        self.set_length(r, 0)
         return KVCache.over(self.k[:, r : r + 1], self.v[:, r : r + 1])
 
     def set_length(self, r: int, length: int) -> None:
         self.lengths[r] = length
+        self.pass_plan = None
 
     def move(self, src: int, dst: int) -> None:
         """Row src's tokens into row dst (dst's are dropped)."""
-        end = int(self.lengths[src])
+        end = self.lengths[src]
         self.k[:, dst, :, :end] = self.k[:, src, :, :end]
         self.v[:, dst, :, :end] = self.v[:, src, :, :end]
-        self.lengths[dst] = end
+        self.set_length(dst, end)
+
+    def plan(self, T: int, device: torch.device) -> PassPlan:
+        """This pass's positions, row indices, end and mask, for rows 0 .. n-1 with T new tokens each."""
+        plan = self.pass_plan
+        if plan is None or plan.T != T or plan.n != self.n:
+            plan = self.pass_plan = PassPlan(self.lengths[: self.n], T, device, self.k.dtype)
+        return plan
 
     def length_after(self, T: int) -> int:
         """The longest row's length once this pass's T tokens per row are in."""
-        return int(self.lengths[: self.n].max()) + T
+        return max(self.lengths[: self.n]) + T
 
     def positions(self, T: int, device: torch.device) -> torch.Tensor:
         """(n, T): row r's new tokens sit at lengths[r], lengths[r] + 1, ..."""
-        return self.lengths[: self.n, None] + torch.arange(T, device=device)
+        return self.plan(T, device).positions
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keep this pass's keys and values (n, heads, T, head size), each row at its own positions; return every
         row's keys and values up to the longest row's end (the mask hides the rest)."""
-        T = k.size(2)
-        pos = self.positions(T, k.device)
-        rows = torch.arange(self.n, device=k.device)[:, None]
+        plan = self.plan(k.size(2), k.device)
         # indices on dims 0 and 2 with a slice between them: the indexed dims come first, (n, T, heads, head size)
-        self.k[layer, rows, :, pos] = k.transpose(1, 2)
-        self.v[layer, rows, :, pos] = v.transpose(1, 2)
-        end = self.length_after(T)
-        return self.k[layer, : self.n, :, :end], self.v[layer, : self.n, :, :end]
+        self.k[layer, plan.rows, :, plan.positions] = k.transpose(1, 2)
+        self.v[layer, plan.rows, :, plan.positions] = v.transpose(1, 2)
+        return self.k[layer, : self.n, :, : plan.end], self.v[layer, : self.n, :, : plan.end]
 
     def attn_mask(self, T: int, device: torch.device) -> torch.Tensor | None:
         """(n, 1, T, end): a token sees its own row's keys up to itself; None when that is every key (one new token
         per row, all rows the same length), which is the unmasked pass of a single sequence."""
-        lengths = self.lengths[: self.n]
-        if T == 1 and bool((lengths == lengths[0]).all()):
-            return None
-        pos = self.positions(T, device)
-        return (torch.arange(self.length_after(T), device=device) <= pos[:, :, None])[:, None]
+        return self.plan(T, device).mask
 
     def advance(self, T: int) -> None:
-        self.lengths[: self.n] += T
+        for r in range(self.n):
+            self.lengths[r] += T
+        self.pass_plan = None
+
+
+class PassPlan:
+    """What every layer of one BatchKVCache pass shares: each row's new positions, the row indices, the end of the
+    longest row and the attention mask."""
+
+    def __init__(self, lengths: list[int], T: int, device: torch.device, dtype: torch.dtype):
+        self.T, self.n = T, len(lengths)
+        start = torch.tensor(lengths, device=device)
+        self.positions = start[:, None] + torch.arange(T, device=device)  # (n, T)
+        self.rows = torch.arange(self.n, device=device)[:, None]
+        self.end = max(lengths) + T
+        if T == 1 and min(lengths) == max(lengths):
+            self.mask = None
+        else:
+            seen = (torch.arange(self.end, device=device) <= self.positions[:, :, None])[:, None]
+            # additive, in the keys' dtype: attention takes it as it is, where a boolean mask is turned into this
+            # very one again in every layer
+            self.mask = torch.zeros(seen.shape, device=device, dtype=dtype).masked_fill_(~seen, float("-inf"))
