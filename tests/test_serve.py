@@ -378,3 +378,33 @@ def test_the_body_limit_is_configurable(trained_run):
         r = post(c, past_it)
         assert r.status_code == 413
         assert r.json() == {"detail": "body: 101 bytes exceed this server's limit of 100 (max_body_bytes)"}
+
+
+def test_a_queued_request_whose_client_goes_leaves_the_queue(trained_run):
+    """Streamed or not, a request waiting for a row is dropped within the disconnect watch's 0.25 s once its client
+    has gone: it never takes the row, and the request behind it does."""
+    proc, url = start_server(trained_run, "max_tokens=20000", "max_batch=1", "max_queue=2", "threads=1")
+    try:
+        running = LongStream(url)
+        for stream in (False, True):
+            body = json.dumps({"prompt": "ROMEO:", "max_tokens": 50, "stream": stream}).encode()
+            with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as s:
+                head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                s.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                wait_for(url, lambda h: h["queued"] == 1, within=10)
+            gone = wait_for(url, lambda h: h["queued"] == 0, within=2)
+            assert gone < 1.0 and httpx.get(f"{url}/health").json()["active_generations"] == 1
+        running.close()
+        wait_idle(url, within=5)
+        assert complete(url, prompt="ROMEO:", max_tokens=5).json()["usage"]["completion_tokens"] == 5
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def wait_for(url: str, ok: typing.Callable[[dict], bool], within: float) -> float:
+    start = time.monotonic()
+    while not ok(httpx.get(f"{url}/health").json()):
+        assert time.monotonic() - start < within, f"/health never came to it: {httpx.get(f'{url}/health').json()}"
+        time.sleep(0.02)
+    return time.monotonic() - start

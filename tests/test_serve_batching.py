@@ -64,7 +64,7 @@ def test_rows_at_their_own_positions_give_each_sequence_its_own_logits(model):
             seqs = [torch.cat((seq, new[r : r + 1]), dim=1) for r, seq in enumerate(seqs)]
             for r, seq in enumerate(seqs):
                 torch.testing.assert_close(batched[r], model(seq)[0][0, -1], rtol=0, atol=1e-5)
-    assert cache.lengths[:2].tolist() == [seqs[0].size(1), seqs[1].size(1)]
+    assert cache.lengths[:2] == [seqs[0].size(1), seqs[1].size(1)]
 
 
 def test_several_new_tokens_per_row_see_their_row_causally(model):
@@ -126,6 +126,8 @@ def test_requests_batched_together_get_exactly_their_solo_tokens(model):
     batcher.decode = lambda: sizes.append((len(batcher.rows), batcher.running)) or decode()
     assert generate_all(batcher, REQUESTS) == solo
     batcher.stop()
+    # what /health reports: the batched passes and the tokens they made
+    assert batcher.decode_steps == len(sizes) and batcher.decoded_tokens == sum(rows for rows, _ in sizes)
     assert max(sizes) == (3, 4)  # 4 running, 3 rows in one pass (the 30-token prompt slides past block_size)
     assert [len(t) for t in solo] == [20, 9, 4, 30, 1, 14, 0]
 
@@ -135,14 +137,14 @@ def test_a_request_that_leaves_early_changes_nothing_for_the_others(model):
     next step, and every other request gets the tokens it gets when no one leaves."""
     batcher = Batcher(model, max_batch=8)
     alone = generate_all(batcher, REQUESTS)
-    emit = batcher.emit
+    emit_token = batcher.emit_token
 
-    def emit_then_cancel(g: Generation, logits: torch.Tensor) -> None:
-        emit(g, logits)
+    def emit_then_cancel(g: Generation, token: int) -> None:
+        emit_token(g, token)
         if len(g.tokens) - g.prompt_tokens == {(1, 2, 3): 3, (7, 8): 5}.get(tuple(g.tokens[: g.prompt_tokens])):
             g.cancel()
 
-    batcher.emit = emit_then_cancel
+    batcher.emit_token = emit_then_cancel
     cut = generate_all(batcher, REQUESTS)
     assert cut[0] == alone[0][:3] and cut[3] == alone[3][:5]
     assert [t for i, t in enumerate(cut) if i not in (0, 3)] == [t for i, t in enumerate(alone) if i not in (0, 3)]

@@ -36,8 +36,10 @@ from gptlab.model.text_stream import Detokenizer, encode_prompt
 from gptlab.serve.batching import END, Batcher, Generation
 from gptlab.serve.request_body import RequestBodyGuard
 
-NOTHING = object()  # no new text within DISCONNECT_POLL_S
 DISCONNECT_POLL_S = 0.25  # how often a request with no new text checks that its client is still there
+# prompts up to this many characters are tokenized on the event loop (tens of microseconds): handing them to a
+# worker thread costs more than that, and wakes one more thread to contend with the batch's for the GIL
+INLINE_PROMPT_CHARS = 2048
 RETRY_AFTER_S = 1  # the Retry-After of a 429: a row frees up as soon as any running request ends
 
 
@@ -152,6 +154,8 @@ def create_app(config: ServeConfig) -> FastAPI:
             "max_queue": config.max_queue,
             **stats,
             "tokens_generated": batcher.tokens_generated,
+            "decode_steps": batcher.decode_steps,  # one forward pass for every running row
+            "decoded_tokens": batcher.decoded_tokens,  # tokens made by those passes (the rest: by prefills)
         }
 
     def prepare(req: CompletionRequest) -> tuple[list[int], SamplingParams]:
@@ -179,8 +183,11 @@ def create_app(config: ServeConfig) -> FastAPI:
                 " try again later",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
-        try:  # in a worker thread: a long prompt's tokenization never holds up the event loop
-            prompt_ids, params = await anyio.to_thread.run_sync(prepare, req)
+        try:  # a long prompt in a worker thread, so its tokenization never holds up the event loop
+            if len(req.prompt) <= INLINE_PROMPT_CHARS:
+                prompt_ids, params = prepare(req)
+            else:
+                prompt_ids, params = await anyio.to_thread.run_sync(prepare, req)
         except BaseException:
             lease.release()
             raise
@@ -199,8 +206,10 @@ def create_app(config: ServeConfig) -> FastAPI:
             return {**head, "choices": [choice(text, generation.text.finish_reason)], "usage": usage()}
 
         async def events() -> AsyncIterator[str]:
+            # every chunk but the last is this event with its text filled in: only the text is encoded per token
+            before, after = sse({**head, "choices": [choice("", None)]}).split('"text": ""')
             async for piece in pieces(generation, request):
-                yield sse({**head, "choices": [choice(piece, None)]})
+                yield f'{before}"text": {json.dumps(piece, ensure_ascii=False)}{after}'
             yield sse({**head, "choices": [choice("", generation.text.finish_reason)], "usage": usage()})
             yield "data: [DONE]\n\n"
 
@@ -210,37 +219,26 @@ def create_app(config: ServeConfig) -> FastAPI:
 
 
 async def pieces(generation: Generation, request: Request) -> AsyncIterator[str]:
-    """The generation's text pieces (one a token) as the batch makes them. The client is looked for every
-    DISCONNECT_POLL_S, not every token (each look is a round through the server's receive channel): if it has gone,
-    the generation is cancelled (it leaves the queue or the batch before its next token)."""
-    loop = asyncio.get_running_loop()
-    checked = loop.time()
+    """The generation's text pieces (one a token) as the batch makes them. Beside them a watcher looks for the client
+    every DISCONNECT_POLL_S (each look is a round through the server's receive channel, too dear for every token):
+    once it has gone, the generation is cancelled, leaves the queue or the batch before its next token, and ends."""
+    watcher = asyncio.create_task(watch_client(request, generation))
     try:
-        while True:
-            try:
-                item = generation.events.get_nowait()  # already there: no timer to set up
-            except asyncio.QueueEmpty:
-                item = await waited(generation.events)
-            if item is not NOTHING:
-                if item is END:
-                    return
-                if isinstance(item, Exception):
-                    raise item
-                yield item
-            if loop.time() - checked >= DISCONNECT_POLL_S:
-                checked = loop.time()
-                if await request.is_disconnected():
-                    return
+        while (item := await generation.events.get()) is not END:
+            if isinstance(item, Exception):
+                raise item
+            yield item
     finally:
         generation.cancel()  # a no-op once it has finished
+        watcher.cancel()
 
 
-async def waited(events: asyncio.Queue) -> object:
-    """The next item, or NOTHING after DISCONNECT_POLL_S (queued, or a long prefill)."""
-    try:
-        return await asyncio.wait_for(events.get(), DISCONNECT_POLL_S)
-    except TimeoutError:
-        return NOTHING
+async def watch_client(request: Request, generation: Generation) -> None:
+    while not generation.done:
+        await asyncio.sleep(DISCONNECT_POLL_S)
+        if await request.is_disconnected():
+            generation.cancel()
+            return
 
 
 async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 
 from gptlab.model.gpt import GPT
-from gptlab.model.sampling import SamplingParams, sample_next
+from gptlab.model.sampling import GREEDY_BELOW, SamplingParams, sample_next
 from gptlab.model.text_stream import Detokenizer
 
 END = None  # the last item of a generation's queue
@@ -68,6 +68,8 @@ class Batcher:
         self.thread: threading.Thread | None = None
         self.stopping = False
         self.tokens_generated = 0
+        self.decode_steps = 0  # batched forward passes: tokens made in them over steps is how full the batch ran
+        self.decoded_tokens = 0
         self.outbox: list[tuple[Generation, object]] = []  # this step's text for the handlers, sent at its end
 
     @property
@@ -167,17 +169,27 @@ class Batcher:
     def decode(self) -> None:
         """One forward pass: every row's last token at that row's own position."""
         self.cache.n = len(self.rows)
+        self.decode_steps += 1
+        self.decoded_tokens += len(self.rows)
         last = torch.tensor([[g.tokens[-1]] for g in self.rows], device=self.device)
-        logits = self.model.next_token_logits(last, self.cache)
+        logits = self.model.next_token_logits(last, self.cache)[:, : self.model.config.vocab_size]
+        # the greedy rows' tokens in one argmax and one read-back, not one of each a row
+        greedy = [r for r, g in enumerate(self.rows) if g.params.temperature < GREEDY_BELOW]
+        tokens = dict(zip(greedy, logits[greedy].argmax(dim=-1).tolist(), strict=True)) if greedy else {}
         for r, g in enumerate(self.rows):
-            self.emit(g, logits[r : r + 1])
+            self.emit_token(g, tokens[r] if r in tokens else self.draw(g, logits[r : r + 1]))
 
     def emit(self, g: Generation, logits: torch.Tensor) -> None:
         """Draw g's next token from its (1, V) logits and send the text it lets out; finish g if it is done."""
+        self.emit_token(g, self.draw(g, logits[:, : self.model.config.vocab_size]))
+
+    def draw(self, g: Generation, logits: torch.Tensor) -> int:
+        """g's next token from (1, V) logits of the tokenizer's own ids (a padded id can never be drawn)."""
         p = g.params
-        # only the tokenizer's own ids: a padded id can never be emitted
-        logits = logits[:, : self.model.config.vocab_size]
-        token = int(sample_next(logits, p.temperature, p.top_k, p.top_p, g.generator))
+        return int(sample_next(logits, p.temperature, p.top_k, p.top_p, g.generator))
+
+    def emit_token(self, g: Generation, token: int) -> None:
+        """Send the text `token` lets out of g; finish g if it is done."""
         g.tokens.append(token)
         self.tokens_generated += 1
         piece = g.text.push(token)
@@ -185,7 +197,7 @@ class Batcher:
             self.send(g, piece)
         if g.text.finish_reason is not None:
             self.finish(g, "")
-        elif g.text.completion_tokens == p.max_new_tokens:
+        elif g.text.completion_tokens == g.params.max_new_tokens:
             self.finish(g, g.text.end())
 
     def finish(self, g: Generation, tail: str) -> None:
@@ -223,7 +235,7 @@ class Batcher:
     def slide_full_rows(self) -> None:
         """Rows whose context is full leave the batch: their next token cannot sit at a position of its own."""
         for r in reversed(range(len(self.rows))):
-            if int(self.cache.lengths[r]) == self.cache.block_size:
+            if self.cache.lengths[r] == self.cache.block_size:
                 self.sliding.append(self.remove_row(r))
 
     def context(self, g: Generation) -> torch.Tensor:
