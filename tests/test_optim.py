@@ -128,6 +128,7 @@ def test_warmup_stable_decay_schedule():
         ({"schedule": "step"}, "optim.schedule"),
         ({"decay_fraction": 0}, "optim.decay_fraction"),
         ({"muon_lr": -1}, "optim.muon_lr"),
+        ({"muon_orthogonalizer": "svd"}, "optim.muon_orthogonalizer"),
         ({"seq_len_warmup": [[64, 0.6], [32, 0.7]]}, "optim.seq_len_warmup"),  # longer windows must come later
         ({"seq_len_warmup": [[32, 0.6], [64, 0.5]]}, "optim.seq_len_warmup"),
         ({"seq_len_warmup": [[32, 1.0]]}, "optim.seq_len_warmup"),  # and end before the run does

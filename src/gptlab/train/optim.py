@@ -36,6 +36,7 @@ class OptimConfig:
     muon_momentum: float = 0.95
     muon_weight_decay: float = 0.0
     muon_ns_steps: int = 5  # Newton-Schulz iterations orthogonalising each update (fewer: cheaper, rougher)
+    muon_orthogonalizer: str = "quintic"  # or polar_express: a tuned quintic per iteration (gptlab.train.muon)
     max_bad_steps: int = 5  # stop after this many optimizer steps in a row with a non-finite loss or gradient
     # sequence-length warmup, [[length, until], ...]: [[128, 0.3], [256, 0.6]] trains on windows of 128 tokens for
     # the first 30% of the steps, 256 until 60%, then data.block_size. Each batch's windows are cut into the shorter
@@ -65,6 +66,10 @@ class OptimConfig:
             raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0 < self.decay_fraction <= 1:
             raise ConfigError(f"optim.decay_fraction must be in (0, 1], got {self.decay_fraction}")
+        if self.muon_orthogonalizer not in ("quintic", "polar_express"):
+            raise ConfigError(
+                f"optim.muon_orthogonalizer must be quintic or polar_express, got {self.muon_orthogonalizer!r}"
+            )
         if self.muon_ns_steps < 1:
             raise ConfigError(f"optim.muon_ns_steps must be >= 1, got {self.muon_ns_steps}")
         if not 0 <= self.muon_momentum < 1:
@@ -177,6 +182,7 @@ def build(model: torch.nn.Module, config: OptimConfig, total_steps: int) -> tupl
             momentum=config.muon_momentum,
             weight_decay=config.muon_weight_decay,
             ns_steps=config.muon_ns_steps,
+            polar_express=config.muon_orthogonalizer == "polar_express",
         )
         optimizer = CombinedOptimizer([muon, adamw(param_groups(rest, config.weight_decay))])
     else:
