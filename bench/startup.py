@@ -1,7 +1,8 @@
 """What a command pays before its first step and after its last: importing torch, Lightning and gptlab's training
 code, and Python's teardown at exit, with and without the heap frozen at exit (gptlab.cli's exit handler, which
-every command in src/ installs). Each round runs both child processes in turn; means over the rounds (so the
-columns add up).
+every command in src/ installs), and with the garbage collector also off while the imports run, as every command
+does (gptlab.commands). Each round runs the child processes in turn; means over the rounds (so the columns add
+up).
 
     python bench/startup.py [--rounds 5]   (or: make bench-startup)
 """
@@ -18,6 +19,9 @@ TIMED_IMPORT = "import time; t = time.perf_counter(); import gptlab.train.run; p
 CHILDREN = {  # name -> code: the same imports, gptlab.cli's exit handler installed or not
     "without the freeze": TIMED_IMPORT,
     "with the freeze (gptlab.cli)": f"import gptlab.cli; {TIMED_IMPORT}",
+    "with no collection while importing, as a command (gptlab.commands)": (
+        f"import gptlab.cli, gptlab.commands; {TIMED_IMPORT}; gptlab.commands.imports_done()"
+    ),
 }
 
 

@@ -1,12 +1,13 @@
 """The commands a user types, run as real processes: single runs, sweeps, and bad input."""
 
 import hashlib
+import pkgutil
 import subprocess
 import sys
 
 import pytest
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from tb import scalars
 
 QUICK = ["model=gpt_nano", "debug=fdr", "trainer.enable_progress_bar=false", "data.batch_size=8"]
@@ -117,6 +118,20 @@ def test_unreachable_hub_dataset_is_one_line(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert "error: data: cannot open 'HuggingFaceFW/fineweb-edu' split 'train'" in last
     assert "Traceback" not in result.stderr
+
+
+def test_the_collector_is_off_only_while_a_command_module_imports():
+    """gptlab.commands turns collection off; every command module turns it back on once imported, with what it
+    imported frozen (a command that forgot would run, and leak cycles, with no collection at all)."""
+    code = "import gc, gptlab.commands; print(gc.isenabled()); import gptlab.commands.{}; print(gc.isenabled(), "
+    code += "gc.get_freeze_count())"
+    commands = [m.name for m in pkgutil.iter_modules([str(ROOT / "src" / "gptlab" / "commands")])]
+    assert len(commands) == 7
+    for name in commands:
+        result = subprocess.run([sys.executable, "-c", code.format(name)], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        before, after, frozen = result.stdout.split()
+        assert (before, after) == ("False", "True") and int(frozen) > 10_000, name
 
 
 def test_every_command_freezes_the_heap_at_exit_so_python_skips_its_last_collection_walk():

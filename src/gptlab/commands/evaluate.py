@@ -10,8 +10,10 @@ import hydra
 from omegaconf import DictConfig
 
 from gptlab.cli import exit_on_user_error, run
-from gptlab.commands import config_dir
+from gptlab.commands import config_dir, imports_done
 from gptlab.evaluation.perplexity import evaluate
+
+imports_done()  # gptlab.commands: collection was off while the imports above ran
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="evaluate")

@@ -15,11 +15,13 @@ from omegaconf import DictConfig
 from gptlab.checkpoints.pretrained import Pretrained, load_pretrained
 from gptlab.checkpoints.provenance import provenance
 from gptlab.cli import exit_on_user_error, run
-from gptlab.commands import config_dir
+from gptlab.commands import config_dir, imports_done
 from gptlab.config.typed import typed_top
 from gptlab.errors import ConfigError
 from gptlab.interop import hf, hub
 from gptlab.interop.model_card import CardFacts, render
+
+imports_done()  # gptlab.commands: collection was off while the imports above ran
 
 README = "README.md"
 

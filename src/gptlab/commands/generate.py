@@ -12,9 +12,11 @@ from omegaconf import DictConfig
 
 from gptlab.checkpoints.pretrained import load_trained
 from gptlab.cli import exit_on_user_error, run
-from gptlab.commands import config_dir
+from gptlab.commands import config_dir, imports_done
 from gptlab.config.typed import typed
 from gptlab.model.text_stream import GenerateConfig, TextStream, encode_prompt
+
+imports_done()  # gptlab.commands: collection was off while the imports above ran
 
 SEPARATOR = "\n---------------"
 

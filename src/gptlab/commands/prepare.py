@@ -6,12 +6,14 @@ import hydra
 from omegaconf import DictConfig
 
 from gptlab.cli import exit_on_user_error, run
-from gptlab.commands import config_dir
+from gptlab.commands import config_dir, imports_done
 from gptlab.data.config import StreamConfig
 from gptlab.data.factory import data_config
 from gptlab.data.token_cache import prepare
 from gptlab.data.tokenizers import make_tokenizer
 from gptlab.errors import ConfigError
+
+imports_done()  # gptlab.commands: collection was off while the imports above ran
 
 log = logging.getLogger("gptlab.prepare")
 

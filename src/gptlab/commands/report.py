@@ -4,7 +4,10 @@ import argparse
 from pathlib import Path
 
 from gptlab.cli import exit_on_user_error
+from gptlab.commands import imports_done
 from gptlab.sweeps.report import write_report
+
+imports_done()  # gptlab.commands: collection was off while the imports above ran
 
 
 def cli() -> None:

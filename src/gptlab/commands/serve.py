@@ -10,9 +10,11 @@ import uvicorn
 from omegaconf import DictConfig
 
 from gptlab.cli import exit_on_user_error, run
-from gptlab.commands import config_dir
+from gptlab.commands import config_dir, imports_done
 from gptlab.config.typed import typed
 from gptlab.serve.app import ServeConfig, create_app
+
+imports_done()  # gptlab.commands: collection was off while the imports above ran
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="serve")
