@@ -85,20 +85,21 @@ class BatchedMuon(torch.optim.Muon):
 def _update(group: dict, params: list, grads: list, bufs: list) -> None:
     momentum = group["momentum"]
     torch._foreach_lerp_(bufs, grads, 1 - momentum)
-    updates = [g.lerp(b, momentum) for g, b in zip(grads, bufs, strict=True)] if group["nesterov"] else bufs
-    torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])  # decoupled weight decay
+    updates = torch._foreach_lerp(grads, bufs, momentum) if group["nesterov"] else bufs
+    if group["weight_decay"]:  # decoupled weight decay (a multiplication by 1 when there is none: skipped)
+        torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
     by_shape = defaultdict(list)
     for i, p in enumerate(params):
         by_shape[(p.shape, p.dtype, p.device)].append(i)
-    for (shape, *_), idx in by_shape.items():
+    for (shape, dtype, _), idx in by_shape.items():
         batch = torch.stack([updates[i] for i in idx])
         if group.get("polar_express"):
             ortho = polar_express(batch, group["ns_steps"], group["eps"])
         else:
             ortho = zeropower_via_newtonschulz(batch, group["ns_coefficients"], group["ns_steps"], group["eps"])
         lr = group["lr"] * _lr_scale(group["adjust_lr_fn"], *shape)
-        for i, o in zip(idx, ortho.unbind(), strict=True):
-            params[i].add_(o, alpha=-lr)
+        # back to the parameters' dtype once for the batch, as each add_ of torch.optim.Muon does for its matrix
+        torch._foreach_add_([params[i] for i in idx], ortho.to(dtype).unbind(), alpha=-lr)
 
 
 def _lr_scale(adjust_lr_fn: str | None, rows: int, cols: int) -> float:
