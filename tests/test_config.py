@@ -107,8 +107,8 @@ def test_speedrun_experiments_compose_and_keep_their_own_depth_and_momentum(tmp_
     run = validate(make_config(["experiment=speedrun_char"], tmp_path))
     assert (run.model.n_layer, run.model.n_embd, run.model.block_size, run.data.batch_size) == (3, 128, 64, 12)
     assert (run.optim.name, run.optim.muon_momentum, run.max_steps) == ("muon", 0.85, 320)
-    run = validate(make_config(["experiment=speedrun_char_160"], tmp_path))  # chosen with speedrun_char's old values
-    assert (run.model.n_layer, run.model.block_size, run.optim.muon_momentum, run.max_steps) == (4, 128, 0.95, 1000)
+    run = validate(make_config(["experiment=speedrun_char_160"], tmp_path))  # its own depth, speedrun_char's momentum
+    assert (run.model.n_layer, run.model.block_size, run.optim.muon_momentum, run.max_steps) == (4, 128, 0.85, 1000)
 
 
 def test_env_var_points_at_the_corpus(tmp_path, monkeypatch):

@@ -36,7 +36,7 @@ from gptlab.model.text_stream import Detokenizer, encode_prompt
 from gptlab.serve.batching import END, Batcher, Generation
 from gptlab.serve.request_body import RequestBodyGuard
 
-DISCONNECT_POLL_S = 0.25  # how often a request with no new text checks that its client is still there
+DISCONNECT_POLL_S = 0.25  # how often a request, queued or running, looks whether its client is still there
 # prompts up to this many characters are tokenized on the event loop (tens of microseconds): handing them to a
 # worker thread costs more than that, and wakes one more thread to contend with the batch's for the GIL
 INLINE_PROMPT_CHARS = 2048
