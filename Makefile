@@ -95,7 +95,7 @@ bench-muon:  ## Muon's optimizer step: torch.optim.Muon vs gptlab's BatchedMuon,
 bench-adamw:  ## AdamW's optimizer step: torch's for-loop, foreach and fused implementations, per shape
 	$(PY) bench/adamw.py $(ARGS)
 
-bench-startup:  ## a command's imports and its exit, with and without the heap frozen at exit (gptlab.cli)
+bench-startup:  ## a command's imports and its exit: the heap frozen at exit (gptlab.cli), no collection while importing
 	$(PY) bench/startup.py $(ARGS)
 
 bench-nan-guard:  ## what the non-finite loss/gradient guard costs per optimizer step (gpt_small, CPU)

@@ -122,16 +122,25 @@ def test_unreachable_hub_dataset_is_one_line(tmp_path):
 
 def test_the_collector_is_off_only_while_a_command_module_imports():
     """gptlab.commands turns collection off; every command module turns it back on once imported, with what it
-    imported frozen (a command that forgot would run, and leak cycles, with no collection at all)."""
-    code = "import gc, gptlab.commands; print(gc.isenabled()); import gptlab.commands.{}; print(gc.isenabled(), "
-    code += "gc.get_freeze_count())"
+    imported frozen (a command that forgot would run, and leak cycles, with no collection at all). One process:
+    before each further module the collector is turned off again, as gptlab.commands left it."""
     commands = [m.name for m in pkgutil.iter_modules([str(ROOT / "src" / "gptlab" / "commands")])]
     assert len(commands) == 7
-    for name in commands:
-        result = subprocess.run([sys.executable, "-c", code.format(name)], capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0, result.stderr
-        before, after, frozen = result.stdout.split()
-        assert (before, after) == ("False", "True") and int(frozen) > 10_000, name
+    code = (
+        "import gc, importlib, gptlab.commands\n"
+        "print('first', gc.isenabled())\n"
+        f"for name in {commands!r}:\n"
+        "    gc.disable()\n"
+        "    importlib.import_module('gptlab.commands.' + name)\n"
+        "    print(name, gc.isenabled(), gc.get_freeze_count())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    first, *rows = result.stdout.splitlines()
+    assert first == "first False"
+    for row, name in zip(rows, commands, strict=True):
+        imported, enabled, frozen = row.split()
+        assert imported == name and enabled == "True" and int(frozen) > 10_000, row
 
 
 def test_every_command_freezes_the_heap_at_exit_so_python_skips_its_last_collection_walk():
