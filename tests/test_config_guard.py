@@ -26,7 +26,7 @@ from gptlab.data.config import TextFileConfig
 from gptlab.data.tokenizers import TOKENIZERS
 from gptlab.model.gpt import ACTIVATIONS, NORMS, GPTConfig
 from gptlab.model.sampling import SampleConfig
-from gptlab.train.optim import OPTIMIZERS, SCHEDULES, OptimConfig
+from gptlab.train.optim import OPTIMIZERS, ORTHOGONALIZERS, SCHEDULES, OptimConfig
 from gptlab.train.run_config import PRECISIONS, validate
 
 SCHEMAS = {"model": GPTConfig, "optim": OptimConfig, "data": TextFileConfig, "sample": SampleConfig}
@@ -48,6 +48,7 @@ ENUMERATED = {
     "model.activation": ACTIVATIONS,
     "optim.name": OPTIMIZERS,
     "optim.schedule": SCHEDULES,
+    "optim.muon_orthogonalizer": ORTHOGONALIZERS,
     "data.tokenizer": TOKENIZERS,
     "trainer.precision": PRECISIONS,
 }

@@ -15,6 +15,7 @@ from gptlab.errors import ConfigError
 
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd")
+ORTHOGONALIZERS = ("quintic", "polar_express")  # Muon's: gptlab.train.muon
 FLOATS = ("lr", "weight_decay", "eps", "min_lr", "decay_fraction", "muon_lr", "muon_momentum", "muon_weight_decay")
 
 
@@ -66,9 +67,9 @@ class OptimConfig:
             raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0 < self.decay_fraction <= 1:
             raise ConfigError(f"optim.decay_fraction must be in (0, 1], got {self.decay_fraction}")
-        if self.muon_orthogonalizer not in ("quintic", "polar_express"):
+        if self.muon_orthogonalizer not in ORTHOGONALIZERS:
             raise ConfigError(
-                f"optim.muon_orthogonalizer must be quintic or polar_express, got {self.muon_orthogonalizer!r}"
+                f"optim.muon_orthogonalizer must be one of {ORTHOGONALIZERS}, got {self.muon_orthogonalizer!r}"
             )
         if self.muon_ns_steps < 1:
             raise ConfigError(f"optim.muon_ns_steps must be >= 1, got {self.muon_ns_steps}")
