@@ -23,6 +23,7 @@ from collections.abc import Callable
 import torch
 
 from gptlab.model.gpt import GPT
+from gptlab.model.kv_cache import BatchKVCache, KVCache
 from gptlab.model.sampling import GREEDY_BELOW, SamplingParams, sample_next
 from gptlab.model.text_stream import Detokenizer
 
@@ -147,7 +148,7 @@ class Batcher:
         if self.rows:
             self.decode()
         for g in self.sliding:
-            self.emit(g, self.model.next_token_logits(self.context(g), self.fresh_scratch()))
+            self.emit(g, self.next_logits(self.context(g), self.fresh_scratch()))
         self.leave_finished()
 
     def join(self, g: Generation) -> None:
@@ -156,7 +157,7 @@ class Batcher:
             return
         r = len(self.rows)
         context = self.context(g)
-        logits = self.model.next_token_logits(context, self.cache.row(r))
+        logits = self.next_logits(context, self.cache.row(r))
         self.cache.set_length(r, context.size(1))
         self.rows.append(g)
         g.generator = torch.Generator(device=self.device)
@@ -172,7 +173,7 @@ class Batcher:
         self.decode_steps += 1
         self.decoded_tokens += len(self.rows)
         last = torch.tensor([[g.tokens[-1]] for g in self.rows], device=self.device)
-        logits = self.model.next_token_logits(last, self.cache)[:, : self.model.config.vocab_size]
+        logits = self.next_logits(last, self.cache)
         # the greedy rows' tokens in one argmax and one read-back, not one of each a row
         greedy = [r for r, g in enumerate(self.rows) if g.params.temperature < GREEDY_BELOW]
         tokens = dict(zip(greedy, logits[greedy].argmax(dim=-1).tolist(), strict=True)) if greedy else {}
@@ -181,10 +182,14 @@ class Batcher:
 
     def emit(self, g: Generation, logits: torch.Tensor) -> None:
         """Draw g's next token from its (1, V) logits and send the text it lets out; finish g if it is done."""
-        self.emit_token(g, self.draw(g, logits[:, : self.model.config.vocab_size]))
+        self.emit_token(g, self.draw(g, logits))
+
+    def next_logits(self, idx: torch.Tensor, cache: KVCache | BatchKVCache) -> torch.Tensor:
+        """(B, V) logits for the next token, of the tokenizer's own ids only: a padded id can never be drawn."""
+        return self.model.next_token_logits(idx, cache)[:, : self.model.config.vocab_size]
 
     def draw(self, g: Generation, logits: torch.Tensor) -> int:
-        """g's next token from (1, V) logits of the tokenizer's own ids (a padded id can never be drawn)."""
+        """g's next token from its (1, V) logits."""
         p = g.params
         return int(sample_next(logits, p.temperature, p.top_k, p.top_p, g.generator))
 

@@ -20,16 +20,7 @@ from gptlab.compat import muon_init_group
 
 def zeropower_via_newtonschulz(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float):
     """torch.optim.Muon's orthogonalisation of each matrix in the batch g (n, rows, cols)."""
-    a, b, c = coefficients
-    x = g.bfloat16()
-    tall = x.size(-2) > x.size(-1)
-    if tall:  # iterate on the wide orientation: the Gram matrix is then the smaller one
-        x = x.mT
-    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm at most 1
-    for _ in range(steps):
-        gram = x @ x.mT
-        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.mT if tall else x
+    return odd_quintic_iterations(g, [coefficients] * steps, eps)
 
 
 # Polar Express (Amsel, Persson, Musco and Gower, 2025, arXiv:2505.16932): a different odd quintic at each
@@ -48,13 +39,21 @@ POLAR_EXPRESS_SAFETY = 1.02  # the norm is scaled up a little, so bf16 rounding 
 def polar_express(g: torch.Tensor, steps: int, eps: float) -> torch.Tensor:
     """The Polar Express orthogonalisation of each matrix in the batch g (n, rows, cols), in bf16 like the quintic;
     after the paper's five coefficient sets, any further steps repeat the last."""
+    schedule = [POLAR_EXPRESS[min(i, len(POLAR_EXPRESS) - 1)] for i in range(steps)]
+    return odd_quintic_iterations(g, schedule, eps, norm_scale=POLAR_EXPRESS_SAFETY)
+
+
+def odd_quintic_iterations(
+    g: torch.Tensor, schedule: list[tuple[float, float, float]], eps: float, norm_scale: float = 1.0
+) -> torch.Tensor:
+    """x <- a x + (b A + c A²) x with A = x xᵀ, one (a, b, c) of `schedule` per iteration, in bf16, from g scaled to a
+    spectral norm of at most 1 (its Frobenius norm times norm_scale)."""
     x = g.bfloat16()
     tall = x.size(-2) > x.size(-1)
-    if tall:
+    if tall:  # iterate on the wide orientation: the Gram matrix is then the smaller one
         x = x.mT
-    x = x / (x.norm(dim=(-2, -1), keepdim=True) * POLAR_EXPRESS_SAFETY).clamp(min=eps)
-    for i in range(steps):
-        a, b, c = POLAR_EXPRESS[min(i, len(POLAR_EXPRESS) - 1)]
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) * norm_scale).clamp(min=eps)
+    for a, b, c in schedule:
         gram = x @ x.mT
         x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return x.mT if tall else x
