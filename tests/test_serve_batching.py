@@ -1,10 +1,12 @@
 """Continuous batching in the server: rows of different lengths in one KV cache give each sequence's own logits;
 requests served together get exactly the tokens they get alone; the queue is bounded; a request that leaves
-early leaves the others untouched. In-process, on small random models (learned positions and rope)."""
+early leaves the others untouched; the model runs in a process of its own, and the server outlives it. The batch
+in-process, on small random models (learned positions and rope); the server through FastAPI's TestClient."""
 
-import asyncio
+import os
 import re
 import threading
+import time
 
 import pytest
 import torch
@@ -16,7 +18,8 @@ from gptlab.model.gpt import GPT, GPTConfig
 from gptlab.model.sampling import SamplingParams
 from gptlab.model.text_stream import Detokenizer
 from gptlab.serve.app import ServeConfig, create_app
-from gptlab.serve.batching import END, Batcher, Generation
+from gptlab.serve.batching import Batcher, Ended, Generation
+from gptlab.serve.engine import Engine
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWX"  # 50 characters
 MODERN = dict(rope=True, qk_norm=True, logit_softcap=15.0, activation="relu2")
@@ -82,21 +85,44 @@ def test_several_new_tokens_per_row_see_their_row_causally(model):
         torch.testing.assert_close(batched[r], model(whole)[0][0, -3:], rtol=0, atol=1e-5)
 
 
-def generate_all(batcher: Batcher, requests: list[tuple[list[int], SamplingParams]]) -> list[list[int]]:
+class Collector:
+    """What a batch delivers, by generation; `all_ended` is set once every one of `expected` has its `Ended`."""
+
+    def __init__(self):
+        self.items: dict[int, list] = {}
+        self.expected, self.all_ended = 0, threading.Event()
+
+    def __call__(self, items: list[tuple[Generation, object]]) -> None:
+        for g, item in items:
+            self.items.setdefault(g.key, []).append(item)
+        if sum(isinstance(i[-1], Ended) for i in self.items.values()) == self.expected:
+            self.all_ended.set()
+
+    def start(self, expected: int) -> None:
+        self.items, self.expected = {}, expected
+        self.all_ended.clear()
+
+
+def batcher_for(model: GPT, max_batch: int) -> tuple[Batcher, Collector]:
+    collector = Collector()
+    return Batcher(model, max_batch, collector), collector
+
+
+def generate_all(
+    batcher: Batcher, collector: Collector, requests: list[tuple[list[int], SamplingParams]]
+) -> list[list[int]]:
     """Every request submitted at once (they join in one step, up to max_batch), then each one's generated tokens."""
     tokenizer = CharTokenizer(ALPHABET)
-
-    async def run() -> list[list[int]]:
-        gens = [Generation(ids, p, Detokenizer(tokenizer, p.stop), on_leave=lambda: None) for ids, p in requests]
-        with batcher.wake:  # re-entrant: the batch's thread waits until every request is in
-            for g in gens:
-                batcher.submit(g)
+    gens = [Generation(k, ids, p, Detokenizer(tokenizer, p.stop)) for k, (ids, p) in enumerate(requests)]
+    collector.start(len(gens))
+    with batcher.wake:  # re-entrant: the batch's thread waits until every request is in
         for g in gens:
-            while (item := await g.events.get()) is not END:
-                assert not isinstance(item, Exception), item
-        return [g.tokens[len(ids) :] for g, (ids, _) in zip(gens, requests, strict=True)]
-
-    return asyncio.run(run())
+            batcher.submit(g)
+    assert collector.all_ended.wait(60)
+    for items in collector.items.values():
+        assert not any(isinstance(i, Exception) for i in items), items
+        assert [isinstance(i, Ended) for i in items].index(True) == len(items) - 1  # Ended comes last, once
+    return [g.tokens[len(ids) :] for g, (ids, _) in zip(gens, requests, strict=True)]
 
 
 # prompts shorter than, as long as and longer than block_size=16; generations that slide past it
@@ -112,19 +138,23 @@ REQUESTS = [
 
 
 def test_requests_batched_together_get_exactly_their_solo_tokens(model):
-    solo_batcher = Batcher(model, max_batch=1)
-    solo = [generate_all(solo_batcher, [r])[0] for r in REQUESTS]
+    solo_batcher, collector = batcher_for(model, max_batch=1)
+    solo = [generate_all(solo_batcher, collector, [r])[0] for r in REQUESTS]
     solo_batcher.stop()
     with torch.no_grad():  # serving alone is generate's own path, token for token
         for (ids, p), tokens in zip(REQUESTS, solo, strict=True):
             if p.temperature == 0:
                 out = model.generate(torch.tensor([ids]), p.max_new_tokens, temperature=0)
                 assert [int(t) for t in out] == tokens
-    batcher = Batcher(model, max_batch=4)  # 7 requests: 3 wait for a row and join as others leave
+    batcher, collector = batcher_for(model, max_batch=4)  # 7 requests: 3 wait for a row, join as others leave
     sizes = []
     decode = batcher.decode
     batcher.decode = lambda: sizes.append((len(batcher.rows), batcher.running)) or decode()
-    assert generate_all(batcher, REQUESTS) == solo
+    assert generate_all(batcher, collector, REQUESTS) == solo
+    # each one's Ended says why it ended and how many tokens it made
+    ended = [collector.items[k][-1] for k in range(len(REQUESTS))]
+    assert [e.completion_tokens for e in ended] == [len(t) for t in solo]
+    assert {e.finish_reason for e in ended} == {"length"}
     batcher.stop()
     # what /health reports: the batched passes and the tokens they made
     assert batcher.decode_steps == len(sizes) and batcher.decoded_tokens == sum(rows for rows, _ in sizes)
@@ -135,8 +165,8 @@ def test_requests_batched_together_get_exactly_their_solo_tokens(model):
 def test_a_request_that_leaves_early_changes_nothing_for_the_others(model):
     """Requests 0 and 3 are cancelled (their client gone) after 3 and 5 tokens: they leave the batch before the
     next step, and every other request gets the tokens it gets when no one leaves."""
-    batcher = Batcher(model, max_batch=8)
-    alone = generate_all(batcher, REQUESTS)
+    batcher, collector = batcher_for(model, max_batch=8)
+    alone = generate_all(batcher, collector, REQUESTS)
     emit_token = batcher.emit_token
 
     def emit_then_cancel(g: Generation, token: int) -> None:
@@ -145,10 +175,11 @@ def test_a_request_that_leaves_early_changes_nothing_for_the_others(model):
             g.cancel()
 
     batcher.emit_token = emit_then_cancel
-    cut = generate_all(batcher, REQUESTS)
+    cut = generate_all(batcher, collector, REQUESTS)
     assert cut[0] == alone[0][:3] and cut[3] == alone[3][:5]
+    assert collector.items[0][-1] == Ended(None, 3) and collector.items[3][-1] == Ended(None, 5)  # None: cancelled
     assert [t for i, t in enumerate(cut) if i not in (0, 3)] == [t for i, t in enumerate(alone) if i not in (0, 3)]
-    batcher.stop()  # after the step that sent the last END: every generation has left
+    batcher.stop()  # after the step that delivered the last Ended: every generation has left
     assert batcher.running == 0 and not batcher.waiting
 
 
@@ -169,10 +200,18 @@ def checkpoint(tmp_path_factory) -> str:
 
 
 def test_only_a_full_queue_gets_429_and_every_accepted_request_its_whole_answer(checkpoint, monkeypatch):
-    """max_batch=1, max_queue=1: with the batch held still, one request runs, one waits, the third is refused."""
-    go = threading.Event()
-    step = Batcher.step
-    monkeypatch.setattr(Batcher, "step", lambda self, joining: go.wait(30) and step(self, joining))
+    """max_batch=1, max_queue=1: with the model's process held back (the submissions kept until `go`), two
+    requests are accepted, the third is refused."""
+    go, held = threading.Event(), []
+    send = Engine.send
+
+    def hold(self, command: tuple) -> None:
+        if command[0] == "submit" and not go.is_set():
+            held.append(command)
+        else:
+            send(self, command)
+
+    monkeypatch.setattr(Engine, "send", hold)
     app = create_app(ServeConfig(ckpt_path=checkpoint, max_batch=1, max_queue=1, max_tokens=40))
     answers = []
     with TestClient(app) as client:
@@ -186,7 +225,10 @@ def test_only_a_full_queue_gets_429_and_every_accepted_request_its_whole_answer(
         while app.state.slots.taken < 2:
             threading.Event().wait(0.01)
         refused = client.post("/v1/completions", json={"prompt": "abc", "max_tokens": 40})
+        assert client.get("/health").json()["queued"] == 2  # neither has a row yet
         go.set()
+        for command in held:
+            client.portal.call(send, app.state.engine, command)
         for t in threads:
             t.join(60)
         assert client.post("/v1/completions", json={"prompt": "abc", "max_tokens": 2}).status_code == 200
@@ -209,3 +251,39 @@ def test_batch_and_queue_keys_are_checked(key, value, message):
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
         ServeConfig(ckpt_path="x.ckpt", **{key: value})
     assert ServeConfig(ckpt_path="x.ckpt", max_queue=0).max_queue == 0
+
+
+def test_the_model_runs_in_a_process_of_its_own_that_ends_with_the_server(checkpoint):
+    app = create_app(ServeConfig(ckpt_path=checkpoint))
+    with TestClient(app) as client:
+        engine = app.state.engine
+        assert engine.process.pid != os.getpid() and engine.process.is_alive()
+        r = client.post("/v1/completions", json={"prompt": "abc", "max_tokens": 5, "temperature": 0})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
+        health = client.get("/health").json()
+        assert health["tokens_generated"] == 5 and health["running"] == health["queued"] == 0
+    assert engine.process.exitcode == 0  # stopped with the server, not killed
+
+
+def test_a_server_whose_model_process_dies_answers_503_and_stays_up(checkpoint, monkeypatch):
+    """A request in flight when the model's process dies gets 503 with the exit code; so does every later one, and
+    /health says so."""
+    send = Engine.send
+    monkeypatch.setattr(Engine, "send", lambda self, command: command[0] == "submit" or send(self, command))  # held
+    app = create_app(ServeConfig(ckpt_path=checkpoint))
+    with TestClient(app) as client:
+        answers = []
+        asking = threading.Thread(target=lambda: answers.append(client.post("/v1/completions", json={"prompt": "a"})))
+        asking.start()
+        while client.get("/health").json()["queued"] == 0:
+            time.sleep(0.01)
+        app.state.engine.process.kill()
+        asking.join(10)
+        assert answers[0].status_code == 503
+        assert answers[0].json() == {"detail": "the model's process exited (exit code -9)"}
+        health = client.get("/health")
+        assert health.status_code == 503 and health.json()["status"] == "the model's process has stopped"
+        r = client.post("/v1/completions", json={"prompt": "abc", "max_tokens": 3})
+        assert r.status_code == 503 and r.json() == {"detail": "the model's process has stopped"}
+        assert health.json()["active_generations"] == 0  # both gave their places back
+        assert client.get("/health").json()["active_generations"] == 0

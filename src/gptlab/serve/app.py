@@ -1,9 +1,10 @@
 """An OpenAI-style completions endpoint over a trained model: `POST /v1/completions` and `GET /health`.
 
-Generation runs in one thread that owns the model (batching.py): it decodes up to `max_batch` requests together,
-one forward pass per token, and up to `max_queue` more wait for a row. The handlers only submit a request and read
-its text as the thread makes it, so the event loop stays free to answer health checks, refuse a request when the
-queue is full (429), and notice a client that has gone: its generation leaves the batch before the next token. A
+Generation runs in a process of its own that owns the model (engine.py, batching.py): it decodes up to `max_batch`
+requests together, one forward pass per token, and up to `max_queue` more wait for a row. The handlers only submit
+a request and read its text as the model makes it, so the event loop stays free to answer health checks, refuse a
+request when the queue is full (429), and notice a client that has gone: its generation leaves the batch before
+the next token. A
 request is refused as cheaply as possible: an oversized body before it is read (413, request_body.py), a full
 queue before its prompt is tokenized (429).
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -23,7 +23,8 @@ from typing import Annotated
 
 import anyio
 import torch
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException
+from fastapi import Request as HTTPRequest
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -32,8 +33,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from gptlab.checkpoints.pretrained import load_pretrained
 from gptlab.errors import ConfigError, GptlabError
 from gptlab.model.sampling import SEED_MAX, SEED_MIN, SamplingParams
-from gptlab.model.text_stream import Detokenizer, encode_prompt
-from gptlab.serve.batching import END, Batcher, Generation
+from gptlab.model.text_stream import encode_prompt
+from gptlab.serve.batching import Ended
+from gptlab.serve.engine import Engine, EngineError, Request
 from gptlab.serve.request_body import RequestBodyGuard
 
 DISCONNECT_POLL_S = 0.25  # how often a request, queued or running, looks whether its client is still there
@@ -56,7 +58,7 @@ class ServeConfig:
     max_body_bytes: int = 1_048_576  # larger request bodies get 413 before they are read
     max_batch: int = 8  # requests decoded together, one forward pass per token
     max_queue: int = 32  # requests waiting for a row; one more gets 429 straight away
-    threads: int = 1  # torch's CPU threads for generation (set by the serve command; docs/serving.md: 1 vs 2)
+    threads: int = 1  # torch's CPU threads in the model's process (docs/serving.md: 1 vs 2)
     device: str = "cpu"
     model_name: str | None = None  # the "model" reported in responses; default: the checkpoint's run and file
 
@@ -98,64 +100,67 @@ class Slots:
 
     def __init__(self, size: int):
         self.size, self.taken = size, 0
-        self.lock = threading.Lock()  # taken on the event loop, given back by the batch's thread
 
     def take(self) -> Lease | None:
-        with self.lock:
-            if self.taken >= self.size:
-                return None
-            self.taken += 1
-            return Lease(self)
+        if self.taken >= self.size:
+            return None
+        self.taken += 1
+        return Lease(self)
 
 
 class Lease:
     def __init__(self, slots: Slots):
         self.slots, self.held = slots, True
 
-    def release(self) -> None:  # idempotent: the batch and the handler's cleanup may both call it
-        with self.slots.lock:
-            if self.held:
-                self.held = False
-                self.slots.taken -= 1
+    def release(self) -> None:  # idempotent: the request's end and the handler's cleanup may both call it
+        if self.held:
+            self.held = False
+            self.slots.taken -= 1
 
 
 def create_app(config: ServeConfig) -> FastAPI:
     weights = load_pretrained(config.ckpt_path)
     tokenizer = weights.require_tokenizer()
-    model = weights.model().to(torch.device(config.device)).eval()
+    model = weights.model().eval()  # moved to config.device in the model's own process
     source = weights.source
     in_run = source.parent.name == "checkpoints"
     named = f"{source.parent.parent.name}/{source.name}" if in_run else source.name
     # a Hub model by its id, not by the commit its snapshot folder is named for
     model_name = config.model_name or (weights.hub_id.removeprefix("hf:") if weights.hub_id else named)
     slots = Slots(config.max_batch + config.max_queue)
-    batcher = Batcher(model, config.max_batch)
+    engine = Engine(model, tokenizer, config.max_batch, config.threads, config.device)
     stats = {"requests": 0}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        yield
-        batcher.stop()
+        engine.start()
+        try:
+            yield
+        finally:
+            engine.stop()
 
     app = FastAPI(title="gptlab", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.add_middleware(RequestBodyGuard, max_bytes=config.max_body_bytes)
     app.add_exception_handler(RequestValidationError, invalid_request)
-    app.state.model_name, app.state.slots, app.state.batcher = model_name, slots, batcher
+    app.state.model_name, app.state.slots, app.state.engine = model_name, slots, engine
 
     @app.get("/health")
-    async def health() -> dict:
+    async def health() -> JSONResponse:
+        return JSONResponse(health_report(), status_code=200 if engine.alive else 503)
+
+    def health_report() -> dict:
         return {
-            "status": "ok",
+            "status": "ok" if engine.alive else "the model's process has stopped",
             "model": model_name,
             "active_generations": slots.taken,  # accepted and not yet answered: running, queued or being read
-            "running": batcher.running,
-            "queued": len(batcher.waiting),
+            "running": engine.running,
+            "queued": engine.queued,
             "max_batch": config.max_batch,
             "max_queue": config.max_queue,
             **stats,
-            "tokens_generated": batcher.tokens_generated,
-            "decode_steps": batcher.decode_steps,  # one forward pass for every running row
-            "decoded_tokens": batcher.decoded_tokens,  # tokens made by those passes (the rest: by prefills)
+            # decode_steps: one forward pass for every running row; decoded_tokens: the tokens those passes made (the
+            # rest: by prefills)
+            **engine.stats,
         }
 
     def prepare(req: CompletionRequest) -> tuple[list[int], SamplingParams]:
@@ -174,7 +179,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         return prompt_ids, params
 
     @app.post("/v1/completions")
-    async def completions(req: CompletionRequest, request: Request):
+    async def completions(req: CompletionRequest, request: HTTPRequest):
         lease = slots.take()
         if lease is None:  # before the prompt is tokenized: refusing costs nothing
             raise HTTPException(
@@ -188,29 +193,34 @@ def create_app(config: ServeConfig) -> FastAPI:
                 prompt_ids, params = prepare(req)
             else:
                 prompt_ids, params = await anyio.to_thread.run_sync(prepare, req)
+            generation = engine.submit(prompt_ids, params, on_leave=lease.release)  # from now on: released at its end
+        except EngineError as e:
+            lease.release()
+            raise HTTPException(503, str(e)) from None
         except BaseException:
             lease.release()
             raise
         stats["requests"] += 1
-        generation = Generation(prompt_ids, params, Detokenizer(tokenizer, params.stop), on_leave=lease.release)
-        batcher.submit(generation)  # from now on the batch gives the lease back when the generation leaves
         head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time())}
         head["model"] = model_name
 
         def usage() -> dict:
-            prompt, completion = generation.prompt_tokens, generation.text.completion_tokens
+            prompt, completion = generation.prompt_tokens, generation.completion_tokens
             return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
         if not req.stream:
-            text = "".join([piece async for piece in pieces(generation, request)])
-            return {**head, "choices": [choice(text, generation.text.finish_reason)], "usage": usage()}
+            try:
+                text = "".join([piece async for piece in pieces(generation, request)])
+            except EngineError as e:
+                raise HTTPException(503, str(e)) from None
+            return {**head, "choices": [choice(text, generation.finish_reason)], "usage": usage()}
 
         async def events() -> AsyncIterator[str]:
             # every chunk but the last is this event with its text filled in: only the text is encoded per token
             before, after = sse({**head, "choices": [choice("", None)]}).split('"text": ""')
             async for piece in pieces(generation, request):
                 yield f'{before}"text": {json.dumps(piece, ensure_ascii=False)}{after}'
-            yield sse({**head, "choices": [choice("", generation.text.finish_reason)], "usage": usage()})
+            yield sse({**head, "choices": [choice("", generation.finish_reason)], "usage": usage()})
             yield "data: [DONE]\n\n"
 
         return CancellingStream(events(), generation)
@@ -218,13 +228,13 @@ def create_app(config: ServeConfig) -> FastAPI:
     return app
 
 
-async def pieces(generation: Generation, request: Request) -> AsyncIterator[str]:
+async def pieces(generation: Request, request: HTTPRequest) -> AsyncIterator[str]:
     """The generation's text pieces (one a token) as the batch makes them. Beside them a watcher looks for the client
     every DISCONNECT_POLL_S (each look is a round through the server's receive channel, too dear for every token):
     once it has gone, the generation is cancelled, leaves the queue or the batch before its next token, and ends."""
     watcher = asyncio.create_task(watch_client(request, generation))
     try:
-        while (item := await generation.events.get()) is not END:
+        while not isinstance(item := await generation.events.get(), Ended):
             if isinstance(item, Exception):
                 raise item
             yield item
@@ -233,7 +243,7 @@ async def pieces(generation: Generation, request: Request) -> AsyncIterator[str]
         watcher.cancel()
 
 
-async def watch_client(request: Request, generation: Generation) -> None:
+async def watch_client(request: HTTPRequest, generation: Request) -> None:
     while not generation.done:
         await asyncio.sleep(DISCONNECT_POLL_S)
         if await request.is_disconnected():
@@ -241,7 +251,7 @@ async def watch_client(request: Request, generation: Generation) -> None:
             return
 
 
-async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+async def invalid_request(request: HTTPRequest, exc: RequestValidationError) -> JSONResponse:
     """FastAPI's 422, less the `input` it echoes: that can be as large as the body, and a NaN or Infinity sent
     in it cannot be written back as JSON (the response itself then failed with a 500)."""
     errors = [{k: v for k, v in error.items() if k != "input"} for error in exc.errors()]
@@ -263,7 +273,7 @@ class CancellingStream(StreamingResponse):
     """Server-sent events that cancel their generation however the response ends, even if the client left before
     the first event (then the event generator never starts, and its own cleanup never runs)."""
 
-    def __init__(self, content: AsyncIterator[str], generation: Generation):
+    def __init__(self, content: AsyncIterator[str], generation: Request):
         super().__init__(content, media_type="text/event-stream")
         self.generation = generation
 

@@ -5,20 +5,20 @@ A request joins the batch between two decode steps: its prompt is prefilled alon
 KV cache, exactly as `GPT.generate` prefills it, and that pass draws its first token. Each decode step then runs
 the last token of every row at once, each row at its own position (`BatchKVCache`), and draws every row's next token
 with that request's own sampling parameters and random generator. A request leaves between two steps when it is
-done (max_tokens, end of text, a stop string) or its client has gone; the last row moves into its place, so the
-rows stay packed. A sequence that has filled the model's context slides like `generate`'s: from then on its next
-token comes from a fresh prefill of its last block_size tokens, outside the batch, each step.
+done (max_tokens, end of text, a stop string) or cancelled (its client has gone); the last row moves into its place,
+so the rows stay packed. A sequence that has filled the model's context slides like `generate`'s: from then on its
+next token comes from a fresh prefill of its last block_size tokens, outside the batch, each step.
 
-The HTTP handlers never touch the model: they `submit` a `Generation` and read its text pieces from an asyncio queue
-that this thread fills. Requests past the batch wait in order (the server bounds how many, see app.py).
+Each step's text pieces, and each generation's `Ended` when it leaves, go out together in one call of `deliver`
+(engine.py sends them to the server's process). Requests past the batch wait in order (the server bounds how many).
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -27,19 +27,22 @@ from gptlab.model.kv_cache import BatchKVCache, KVCache
 from gptlab.model.sampling import GREEDY_BELOW, SamplingParams, sample_next
 from gptlab.model.text_stream import Detokenizer
 
-END = None  # the last item of a generation's queue
+
+@dataclass
+class Ended:
+    """A generation's last item: why it ended (None: cancelled) and how many tokens it made."""
+
+    finish_reason: str | None
+    completion_tokens: int
 
 
 class Generation:
-    """One request as the batch sees it; its `events` queue gets the text pieces, then END (or an exception); END
-    also when it leaves cancelled. `on_leave` gives the request's place back (before END: see `finish`); it may be
-    called more than once."""
+    """One request as the batch sees it, named by `key` in what the batch delivers: its text pieces, then an `Ended`
+    (or the exception that stopped the batch)."""
 
-    def __init__(self, prompt_ids: list[int], params: SamplingParams, text: Detokenizer, on_leave: Callable[[], None]):
-        self.tokens, self.params, self.text, self.on_leave = list(prompt_ids), params, text, on_leave
+    def __init__(self, key: int, prompt_ids: list[int], params: SamplingParams, text: Detokenizer):
+        self.key, self.tokens, self.params, self.text = key, list(prompt_ids), params, text
         self.prompt_tokens = len(prompt_ids)
-        self.loop = asyncio.get_running_loop()  # submitted from a handler: its events are read on this loop
-        self.events: asyncio.Queue = asyncio.Queue()
         self.generator: torch.Generator | None = None  # made by the batch's thread, on the model's device
         self.done = self.cancelled = False
 
@@ -48,17 +51,14 @@ class Generation:
         self.cancelled = True
 
 
-def deliver(items: list[tuple[Generation, object]]) -> None:
-    """On a handler's event loop: a step's items into their generations' queues."""
-    for g, item in items:
-        g.events.put_nowait(item)
+Delivery = Callable[[list[tuple["Generation", object]]], None]
 
 
 class Batcher:
     """The scheduler thread: admits waiting generations into free rows, decodes the batch, drops finished ones."""
 
-    def __init__(self, model: GPT, max_batch: int):
-        self.model, self.max_batch = model, max_batch
+    def __init__(self, model: GPT, max_batch: int, deliver: Delivery):
+        self.model, self.max_batch, self.deliver = model, max_batch, deliver
         self.device = next(model.parameters()).device
         self.cache = model.batch_kv_cache(max_batch, self.device)
         self.scratch = model.kv_cache(1, self.device)  # a sliding sequence's fresh prefill, one at a time
@@ -71,7 +71,7 @@ class Batcher:
         self.tokens_generated = 0
         self.decode_steps = 0  # batched forward passes: tokens made in them over steps is how full the batch ran
         self.decoded_tokens = 0
-        self.outbox: list[tuple[Generation, object]] = []  # this step's text for the handlers, sent at its end
+        self.outbox: list[tuple[Generation, object]] = []  # this step's items, delivered at its end
 
     @property
     def running(self) -> int:
@@ -105,18 +105,10 @@ class Batcher:
         self.outbox.append((g, item))
 
     def flush(self) -> None:
-        """Hand the step's items to the handlers: one wake-up of each event loop a step, not one a token (each is
-        a write to the loop's wake-up socket, and the loop's thread and this one share the GIL)."""
-        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
-        for g, item in self.outbox:
-            by_loop.setdefault(g.loop, []).append((g, item))
-        self.outbox = []
-        for loop, items in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(deliver, items)
-            except RuntimeError:  # the event loop has closed: no one is reading
-                for g, _ in items:
-                    g.cancelled = True
+        """Deliver the step's items in one call: one message a step, not one a token."""
+        if self.outbox:
+            items, self.outbox = self.outbox, []
+            self.deliver(items)
 
     def fail(self, generations: list[Generation], error: Exception) -> None:
         for g in generations:
@@ -124,8 +116,6 @@ class Batcher:
                 self.send(g, error)
                 g.done = True
         self.leave_finished()
-        for g in generations:  # those that failed before taking a row (leaving twice is harmless)
-            g.on_leave()
 
     def next_joining(self) -> list[Generation] | None:
         """The waiting generations that fit in the free rows (blocks while there is nothing to do); None: stop."""
@@ -206,12 +196,10 @@ class Batcher:
             self.finish(g, g.text.end())
 
     def finish(self, g: Generation, tail: str) -> None:
-        """g's last text, then END; its place is given back first, so a client that has its answer finds it free
-        (the row itself is freed before the next step, `leave_finished`)."""
+        """g's last text, then its `Ended` (the row itself is freed before the next step, `leave_finished`)."""
         if tail:
             self.send(g, tail)
-        g.on_leave()
-        self.send(g, END)
+        self.send(g, Ended(g.text.finish_reason, g.text.completion_tokens))
         g.done = True
 
     def leave_finished(self) -> None:
@@ -224,9 +212,8 @@ class Batcher:
             self.leave(g)
 
     def leave(self, g: Generation) -> None:
-        g.on_leave()  # a second call (after finish) changes nothing
-        if not g.done:  # cancelled: whoever still reads its events learns it has ended
-            self.send(g, END)
+        if not g.done:  # cancelled: whoever still reads its items learns it has ended
+            self.send(g, Ended(None, g.text.completion_tokens))
             g.done = True
 
     def remove_row(self, r: int) -> Generation:
