@@ -159,6 +159,7 @@ def run_level(url: str, clients: int, bodies: list[dict]) -> tuple[dict, list[st
         "token_p50_ms": pct(gaps, 50),
         "token_p95_ms": pct(gaps, 95),
         "rows_per_step": round((after["decoded_tokens"] - before["decoded_tokens"]) / max(steps, 1), 2),
+        "prompt_tokens_reused": after["reused_prompt_tokens"] - before["reused_prompt_tokens"],
     }
     return row, texts
 
@@ -175,12 +176,15 @@ def throughput(url: str, args: argparse.Namespace, ckpt: str) -> int:
         solo = texts if solo is None else solo
         row["identical_to_one_client"] = same[clients] = texts == solo
         rows.append(row)
-    print("\n| clients | tokens/s | TTFT p50 / p95 (ms) | per token p50 / p95 (ms) | rows a step | greedy = 1 client |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "\n| clients | tokens/s | TTFT p50 / p95 (ms) | per token p50 / p95 (ms) | rows a step | prompt tokens reused |"
+        " greedy = 1 client |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['clients']} | {r['tokens_per_s']} | {r['ttft_p50_ms']} / {r['ttft_p95_ms']} | "
-            f"{r['token_p50_ms']} / {r['token_p95_ms']} | {r['rows_per_step']} | "
+            f"{r['token_p50_ms']} / {r['token_p95_ms']} | {r['rows_per_step']} | {r['prompt_tokens_reused']} | "
             f"{'yes' if r['identical_to_one_client'] else 'NO'} |"
         )
     speedup = rows[-1]["tokens_per_s"] / rows[0]["tokens_per_s"]
@@ -195,7 +199,7 @@ def throughput(url: str, args: argparse.Namespace, ckpt: str) -> int:
         "threads": args.threads,
         "requests": args.requests,
         "tokens": args.tokens,
-        "limits": LIMITS,
+        "limits": [*LIMITS, *args.set],
         "load_average": os.getloadavg()[0],
         "speedup_8_over_1": round(speedup, 2),
     }
@@ -211,10 +215,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=96, help="requests per concurrency level (12 a client at 8)")
     parser.add_argument("--tokens", type=int, default=64, help="the longest answer; the shortest is half of it")
     parser.add_argument("--mixed", type=int, metavar="N", help="instead: N mixed good and bad requests, 8 clients")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a key of conf/serve.yaml")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(args.ckpt) if args.ckpt else train_checkpoint(Path(tmp))
-        limits = [*(MIXED_LIMITS if args.mixed else LIMITS), f"threads={args.threads}"]
+        limits = [*(MIXED_LIMITS if args.mixed else LIMITS), f"threads={args.threads}", *args.set]
         proc, url = start_server(ckpt, limits)
         print(f"server on {url} ({' '.join(limits)}); load average {os.getloadavg()[0]:.1f} at start", flush=True)
         try:

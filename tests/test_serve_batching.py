@@ -15,11 +15,13 @@ from fastapi.testclient import TestClient
 from gptlab.data.tokenizers import CharTokenizer
 from gptlab.errors import ConfigError
 from gptlab.model.gpt import GPT, GPTConfig
+from gptlab.model.kv_cache import KVCache
 from gptlab.model.sampling import SamplingParams
 from gptlab.model.text_stream import Detokenizer
 from gptlab.serve.app import ServeConfig, create_app
 from gptlab.serve.batching import Batcher, Ended, Generation
 from gptlab.serve.engine import Engine
+from gptlab.serve.prefix_cache import PrefixCache
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWX"  # 50 characters
 MODERN = dict(rope=True, qk_norm=True, logit_softcap=15.0, activation="relu2")
@@ -103,9 +105,9 @@ class Collector:
         self.all_ended.clear()
 
 
-def batcher_for(model: GPT, max_batch: int) -> tuple[Batcher, Collector]:
+def batcher_for(model: GPT, max_batch: int, prefix_cache_tokens: int = 0) -> tuple[Batcher, Collector]:
     collector = Collector()
-    return Batcher(model, max_batch, collector), collector
+    return Batcher(model, max_batch, collector, prefix_cache_tokens), collector
 
 
 def generate_all(
@@ -183,6 +185,73 @@ def test_a_request_that_leaves_early_changes_nothing_for_the_others(model):
     assert batcher.running == 0 and not batcher.waiting
 
 
+# The prefix cache: prompts that start alike share the keys and values of their common start.
+
+SHARED = [3, 1, 4, 1, 5, 9, 2, 6]
+PREFIXED = [
+    (SHARED + [5, 3], SamplingParams(12, temperature=0)),
+    (SHARED + [5, 3], SamplingParams(12, temperature=0)),  # the same prompt: only its last token runs
+    (SHARED + [8], SamplingParams(10, temperature=0)),
+    (SHARED[:4], SamplingParams(9, temperature=0.8, seed=5)),  # a prefix of a cached prompt
+    ([7] + SHARED, SamplingParams(6, temperature=0)),  # shares nothing from the start
+    (list(range(20)), SamplingParams(5, temperature=0)),  # longer than block_size: its last 16 tokens are cached
+    (list(range(20)), SamplingParams(5, temperature=0)),
+]
+
+
+def test_prompts_that_start_alike_reuse_the_cached_start_and_get_the_same_tokens(model):
+    """One request at a time, so each finds the ones before it in the cache: the tokens are those of the batch
+    without a cache (and so of generate), and only the uncached part of each prompt is prefilled."""
+    plain, plain_out = batcher_for(model, max_batch=1)
+    expected = [generate_all(plain, plain_out, [r])[0] for r in PREFIXED]
+    plain.stop()
+    cached, out = batcher_for(model, max_batch=1, prefix_cache_tokens=64)
+    prefills = []
+    next_logits = cached.next_logits
+    cached.next_logits = lambda idx, cache: prefills.append(idx.size(1)) or next_logits(idx, cache)
+    for request, tokens in zip(PREFIXED, expected, strict=True):
+        prefills.clear()
+        assert generate_all(cached, out, [request])[0] == tokens
+        # one pass a new token, the first running exactly the prompt's uncached tokens (one: the first decode step)
+        assert len(prefills) == len(tokens) and prefills[0] == len(request[0][-16:]) - cached.reused_prompt_tokens
+        cached.reused_prompt_tokens = 0
+    cached.stop()
+    together, out = batcher_for(model, max_batch=4, prefix_cache_tokens=64)  # joining in one step, reusing too
+    assert generate_all(together, out, PREFIXED) == expected and together.reused_prompt_tokens > 0
+    together.stop()
+
+
+def test_the_reused_prefix_counts_match_the_prompts_common_starts(model):
+    cached, out = batcher_for(model, max_batch=1, prefix_cache_tokens=64)
+    reused = []
+    for request in PREFIXED:
+        generate_all(cached, out, [request])
+        reused.append(cached.reused_prompt_tokens - sum(reused))
+    cached.stop()
+    # 0 (empty cache); 9 of 10 (same prompt, the last runs); 8 shared; 3 of 4 (its last runs); 0; 0 (its window
+    # starts at 4, nothing cached starts so); 15 of 16
+    assert reused == [0, 9, 8, 3, 0, 0, 15]
+
+
+def test_the_prefix_cache_keeps_the_most_recently_used_prompts_within_its_tokens():
+    cache = PrefixCache(max_tokens=10)
+    row = KVCache((2, 1, 2, 16, 4), torch.device("cpu"), torch.float32)
+    for prompt in ([1, 2, 3, 4], [5, 6, 7], [8, 9, 9]):
+        row.k.normal_()
+        cache.add(prompt, row)
+    assert list(cache.entries) == [(1, 2, 3, 4), (5, 6, 7), (8, 9, 9)] and cache.tokens == 10
+    keys = cache.entries[(5, 6, 7)][0].clone()
+    fresh = KVCache((2, 1, 2, 16, 4), torch.device("cpu"), torch.float32)
+    assert cache.reuse([5, 6, 7, 1], fresh) == 3 and fresh.pos == 3  # and (5, 6, 7) is now the most recent
+    assert torch.equal(fresh.k[:, 0, :, :3], keys)
+    cache.add([2, 2], row)  # 12 tokens: the least recently used, (1, 2, 3, 4), leaves
+    assert list(cache.entries) == [(8, 9, 9), (5, 6, 7), (2, 2)] and cache.tokens == 8
+    cache.add(list(range(11)), row)  # longer than the whole cache: not kept
+    assert cache.tokens == 8
+    assert cache.reuse([5, 6, 7], KVCache((2, 1, 2, 16, 4), torch.device("cpu"), torch.float32)) == 2
+    assert cache.reuse([4, 4], KVCache((2, 1, 2, 16, 4), torch.device("cpu"), torch.float32)) == 0
+
+
 # Over HTTP, in-process: the bounded queue.
 
 
@@ -245,6 +314,7 @@ def test_only_a_full_queue_gets_429_and_every_accepted_request_its_whole_answer(
         ("max_batch", 0, "max_batch must be a positive integer, got 0"),
         ("max_queue", -1, "max_queue must be an integer >= 0 (0: no queue), got -1"),
         ("threads", 0, "threads must be a positive integer, got 0"),
+        ("prefix_cache_tokens", -1, "prefix_cache_tokens must be an integer >= 0 (0: off), got -1"),
     ],
 )
 def test_batch_and_queue_keys_are_checked(key, value, message):
@@ -262,6 +332,8 @@ def test_the_model_runs_in_a_process_of_its_own_that_ends_with_the_server(checkp
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
         health = client.get("/health").json()
         assert health["tokens_generated"] == 5 and health["running"] == health["queued"] == 0
+        client.post("/v1/completions", json={"prompt": "abcd", "max_tokens": 1})  # its start "abc" is cached
+        assert client.get("/health").json()["reused_prompt_tokens"] == 3
     assert engine.process.exitcode == 0  # stopped with the server, not killed
 
 

@@ -58,6 +58,7 @@ class ServeConfig:
     max_body_bytes: int = 1_048_576  # larger request bodies get 413 before they are read
     max_batch: int = 8  # requests decoded together, one forward pass per token
     max_queue: int = 32  # requests waiting for a row; one more gets 429 straight away
+    prefix_cache_tokens: int = 4096  # recent prompts' keys and values, for prompts that start alike (prefix_cache.py)
     threads: int = 1  # torch's CPU threads in the model's process (docs/serving.md: 1 vs 2)
     device: str = "cpu"
     model_name: str | None = None  # the "model" reported in responses; default: the checkpoint's run and file
@@ -72,6 +73,8 @@ class ServeConfig:
                 raise ConfigError(f"{key} must be a positive integer, got {getattr(self, key)}")
         if self.max_queue < 0:
             raise ConfigError(f"max_queue must be an integer >= 0 (0: no queue), got {self.max_queue}")
+        if self.prefix_cache_tokens < 0:
+            raise ConfigError(f"prefix_cache_tokens must be an integer >= 0 (0: off), got {self.prefix_cache_tokens}")
         if not 0 <= self.default_max_tokens <= self.max_tokens:
             raise ConfigError(f"default_max_tokens must be in [0, max_tokens={self.max_tokens}]")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -128,7 +131,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     # a Hub model by its id, not by the commit its snapshot folder is named for
     model_name = config.model_name or (weights.hub_id.removeprefix("hf:") if weights.hub_id else named)
     slots = Slots(config.max_batch + config.max_queue)
-    engine = Engine(model, tokenizer, config.max_batch, config.threads, config.device)
+    engine = Engine(model, tokenizer, config)
     stats = {"requests": 0}
 
     @asynccontextmanager
@@ -159,7 +162,7 @@ def create_app(config: ServeConfig) -> FastAPI:
             "max_queue": config.max_queue,
             **stats,
             # decode_steps: one forward pass for every running row; decoded_tokens: the tokens those passes made (the
-            # rest: by prefills)
+            # rest: by prefills); reused_prompt_tokens: prompt tokens not prefilled, their keys and values reused
             **engine.stats,
         }
 

@@ -2,7 +2,10 @@
 pass.
 
 A request joins the batch between two decode steps: its prompt is prefilled alone, into a free row of the batch's
-KV cache, exactly as `GPT.generate` prefills it, and that pass draws its first token. Each decode step then runs
+KV cache, exactly as `GPT.generate` prefills it (less any start it shares with a recent prompt, whose keys and
+values are copied from the `PrefixCache`), and that pass draws its first token. A prompt with a single token left
+to run (all the rest reused, or a one-token prompt) needs no pass of its own: that token runs in the next decode
+step like every row's last token, and draws the first new one there. Each decode step then runs
 the last token of every row at once, each row at its own position (`BatchKVCache`), and draws every row's next token
 with that request's own sampling parameters and random generator. A request leaves between two steps when it is
 done (max_tokens, end of text, a stop string) or cancelled (its client has gone); the last row moves into its place,
@@ -26,6 +29,7 @@ from gptlab.model.gpt import GPT
 from gptlab.model.kv_cache import BatchKVCache, KVCache
 from gptlab.model.sampling import GREEDY_BELOW, SamplingParams, sample_next
 from gptlab.model.text_stream import Detokenizer
+from gptlab.serve.prefix_cache import PrefixCache
 
 
 @dataclass
@@ -57,8 +61,9 @@ Delivery = Callable[[list[tuple["Generation", object]]], None]
 class Batcher:
     """The scheduler thread: admits waiting generations into free rows, decodes the batch, drops finished ones."""
 
-    def __init__(self, model: GPT, max_batch: int, deliver: Delivery):
+    def __init__(self, model: GPT, max_batch: int, deliver: Delivery, prefix_cache_tokens: int = 0):
         self.model, self.max_batch, self.deliver = model, max_batch, deliver
+        self.prefixes = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens else None
         self.device = next(model.parameters()).device
         self.cache = model.batch_kv_cache(max_batch, self.device)
         self.scratch = model.kv_cache(1, self.device)  # a sliding sequence's fresh prefill, one at a time
@@ -71,6 +76,7 @@ class Batcher:
         self.tokens_generated = 0
         self.decode_steps = 0  # batched forward passes: tokens made in them over steps is how full the batch ran
         self.decoded_tokens = 0
+        self.reused_prompt_tokens = 0  # prompt tokens whose keys and values came from the prefix cache
         self.outbox: list[tuple[Generation, object]] = []  # this step's items, delivered at its end
 
     @property
@@ -145,16 +151,25 @@ class Batcher:
         if g.params.max_new_tokens == 0:
             self.finish(g, g.text.end())
             return
-        r = len(self.rows)
-        context = self.context(g)
-        logits = self.next_logits(context, self.cache.row(r))
-        self.cache.set_length(r, context.size(1))
+        r, ids = len(self.rows), g.tokens[-self.model.config.block_size :]
+        row = self.cache.row(r)
+        reused = self.prefixes.reuse(ids, row) if self.prefixes else 0
+        self.reused_prompt_tokens += reused
         self.rows.append(g)
         g.generator = torch.Generator(device=self.device)
         if g.params.seed is None:
             g.generator.seed()
         else:
             g.generator.manual_seed(g.params.seed)
+        if reused == len(ids) - 1:
+            # one prompt token left: it runs in the next decode step, as every row's last token does, at no cost of
+            # a pass of its own
+            self.cache.set_length(r, reused)
+            return
+        logits = self.next_logits(torch.tensor([ids[reused:]], device=self.device), row)
+        self.cache.set_length(r, len(ids))
+        if self.prefixes:
+            self.prefixes.add(ids, row)
         self.emit(g, logits)
 
     def decode(self) -> None:

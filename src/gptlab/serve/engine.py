@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
 
 import torch
 import torch.multiprocessing
@@ -26,7 +28,21 @@ from gptlab.model.sampling import SamplingParams
 from gptlab.model.text_stream import Detokenizer
 from gptlab.serve.batching import Batcher, Ended, Generation
 
+if TYPE_CHECKING:  # app.py imports this module
+    from gptlab.serve.app import ServeConfig
+
 START_TIMEOUT_S = 300  # importing torch and loading a large model onto a GPU can take a while
+STATS = ("tokens_generated", "decode_steps", "decoded_tokens", "reused_prompt_tokens")  # the Batcher's, for /health
+
+
+@dataclass
+class EngineSettings:
+    """What the model's process needs of the server's config."""
+
+    max_batch: int
+    prefix_cache_tokens: int
+    threads: int
+    device: str
 
 
 class EngineError(GptlabError):
@@ -62,12 +78,12 @@ class Request:
 class Engine:
     """The server's handle on the model's process: start it, submit requests, read what it makes."""
 
-    def __init__(self, model: GPT, tokenizer, max_batch: int, threads: int, device: str):
+    def __init__(self, model: GPT, tokenizer, config: ServeConfig):
         self.model, self.tokenizer = model, tokenizer
-        self.max_batch, self.threads, self.device = max_batch, threads, device
+        self.settings = EngineSettings(config.max_batch, config.prefix_cache_tokens, config.threads, config.device)
         self.requests: dict[int, Request] = {}
         self.keys = itertools.count()
-        self.stats = {"tokens_generated": 0, "decode_steps": 0, "decoded_tokens": 0}
+        self.stats = dict.fromkeys(STATS, 0)
         self.process: torch.multiprocessing.Process | None = None
         self.alive = False
 
@@ -84,7 +100,7 @@ class Engine:
         context = torch.multiprocessing.get_context("spawn")  # fork is unsafe with CUDA or torch's thread pools
         commands, self.commands = context.Pipe(duplex=False)
         self.results, results = context.Pipe(duplex=False)
-        args = (commands, results, self.model, self.tokenizer, self.max_batch, self.threads, self.device)
+        args = (commands, results, self.model, self.tokenizer, self.settings)
         self.process = context.Process(target=serve_model, args=args, name="gptlab-engine", daemon=True)
         self.process.start()
         commands.close()  # the child's ends: once it exits, reading gives EOF here
@@ -135,9 +151,8 @@ class Engine:
         """On the event loop, when the child has written: every message waiting, each one decode step's items."""
         try:
             while self.results.poll():
-                items, (self.stats["tokens_generated"], self.stats["decode_steps"], self.stats["decoded_tokens"]) = (
-                    self.results.recv()
-                )
+                items, stats = self.results.recv()
+                self.stats.update(zip(STATS, stats, strict=True))
                 for key, item in items:
                     self.deliver(key, item)
         except (EOFError, OSError):
@@ -164,11 +179,9 @@ class Engine:
         self.requests.clear()
 
 
-def serve_model(
-    commands: Connection, results: Connection, model: GPT, tokenizer, max_batch: int, threads: int, device: str
-) -> None:
+def serve_model(commands: Connection, results: Connection, model: GPT, tokenizer, settings: EngineSettings) -> None:
     """The child's main: the batch runs in its own thread; this one reads submissions and cancellations."""
-    torch.set_num_threads(threads)
+    torch.set_num_threads(settings.threads)
     generations: dict[int, Generation] = {}
 
     def deliver(items: list[tuple[Generation, object]]) -> None:
@@ -179,10 +192,11 @@ def serve_model(
             if isinstance(item, Exception):  # as text: the server only reports it, and any exception pickles so
                 item = EngineError(f"{type(item).__name__}: {item}")
             out.append((g.key, item))
-        results.send((out, (batcher.tokens_generated, batcher.decode_steps, batcher.decoded_tokens)))
+        results.send((out, tuple(getattr(batcher, stat) for stat in STATS)))
 
     try:
-        batcher = Batcher(model.to(torch.device(device)).eval(), max_batch, deliver)
+        model = model.to(torch.device(settings.device)).eval()
+        batcher = Batcher(model, settings.max_batch, deliver, settings.prefix_cache_tokens)
     except Exception as e:
         results.send(f"{type(e).__name__}: {e}")
         return
