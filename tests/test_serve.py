@@ -4,6 +4,7 @@ and, in-process through FastAPI's TestClient, every field of the request sent ev
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -28,11 +29,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(ckpt, *overrides: str) -> tuple[subprocess.Popen, str]:
+def start_server(ckpt, *overrides: str, new_session: bool = False) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     args = [sys.executable, str(ROOT / "src/serve.py"), f"ckpt_path={ckpt}", f"port={port}", *overrides]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=new_session
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -267,6 +270,21 @@ def test_a_client_that_disconnects_stops_its_generation_and_no_other(server):
     tokens = httpx.get(f"{server}/health").json()["tokens_generated"]
     time.sleep(0.5)
     assert httpx.get(f"{server}/health").json()["tokens_generated"] == tokens  # nothing runs in the background
+
+
+def test_ctrl_c_stops_the_server_and_its_model_process_without_a_traceback(trained_run):
+    """Ctrl-C reaches the terminal's whole process group: the server shuts down, and the model's process with it."""
+    proc, url = start_server(trained_run, "threads=1", new_session=True)
+    assert complete(url, prompt="ROMEO:", max_tokens=3).status_code == 200
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert children  # the model's process (and multiprocessing's resource tracker)
+    os.killpg(proc.pid, signal.SIGINT)
+    output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in output and "KeyboardInterrupt" not in output
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{pid}") for pid in children):
+        assert time.monotonic() < deadline, "the model's process outlived the server"
+        time.sleep(0.05)
 
 
 def test_serve_refuses_bad_config_in_one_line(tmp_path):

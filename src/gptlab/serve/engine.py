@@ -2,8 +2,9 @@
 
 In one process the event loop (reading requests, writing every token's event) and the batch's thread share one
 interpreter lock: the loop's work for each token holds up the next forward pass, and eight clients bring eight
-tokens' worth of it to every step. Here the model, its KV cache and the `Batcher` run in a child process (spawned,
-the weights handed over in shared memory, not copied), and the server's process keeps only HTTP: `Engine.submit`
+tokens' worth of it to every step. Here the model, its KV cache and the `Batcher` run in a child process (spawned;
+the weights go to it as bytes, not through shared memory, which a container may hold to 64 MiB), and the server's
+process keeps only HTTP: `Engine.submit`
 sends a request's prompt ids and sampling parameters down one pipe, and each decode step's text pieces come back up
 another as one message, read on the event loop (`add_reader`) and handed to each request's queue.
 
@@ -13,17 +14,19 @@ If the child dies, every request in flight gets an error and the server answers 
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
+import multiprocessing
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
 import torch
-import torch.multiprocessing
 
 from gptlab.errors import GptlabError
-from gptlab.model.gpt import GPT
+from gptlab.model.gpt import GPT, GPTConfig
 from gptlab.model.sampling import SamplingParams
 from gptlab.model.text_stream import Detokenizer
 from gptlab.serve.batching import Batcher, Ended, Generation
@@ -84,7 +87,7 @@ class Engine:
         self.requests: dict[int, Request] = {}
         self.keys = itertools.count()
         self.stats = dict.fromkeys(STATS, 0)
-        self.process: torch.multiprocessing.Process | None = None
+        self.process: multiprocessing.Process | None = None
         self.alive = False
 
     @property
@@ -97,10 +100,12 @@ class Engine:
 
     def start(self) -> None:
         """Spawn the model's process and wait until it is ready; then read its messages on the running loop."""
-        context = torch.multiprocessing.get_context("spawn")  # fork is unsafe with CUDA or torch's thread pools
+        context = multiprocessing.get_context("spawn")  # fork is unsafe with CUDA or torch's thread pools
         commands, self.commands = context.Pipe(duplex=False)
         self.results, results = context.Pipe(duplex=False)
-        args = (commands, results, self.model, self.tokenizer, self.settings)
+        weights = io.BytesIO()
+        torch.save(self.model.state_dict(), weights)
+        args = (commands, results, self.model.config, weights.getvalue(), self.tokenizer, self.settings)
         self.process = context.Process(target=serve_model, args=args, name="gptlab-engine", daemon=True)
         self.process.start()
         commands.close()  # the child's ends: once it exits, reading gives EOF here
@@ -179,8 +184,11 @@ class Engine:
         self.requests.clear()
 
 
-def serve_model(commands: Connection, results: Connection, model: GPT, tokenizer, settings: EngineSettings) -> None:
+def serve_model(
+    commands: Connection, results: Connection, config: GPTConfig, weights: bytes, tokenizer, settings: EngineSettings
+) -> None:
     """The child's main: the batch runs in its own thread; this one reads submissions and cancellations."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the server stops this one
     torch.set_num_threads(settings.threads)
     generations: dict[int, Generation] = {}
 
@@ -195,6 +203,8 @@ def serve_model(commands: Connection, results: Connection, model: GPT, tokenizer
         results.send((out, tuple(getattr(batcher, stat) for stat in STATS)))
 
     try:
+        model = GPT(config)
+        model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
         model = model.to(torch.device(settings.device)).eval()
         batcher = Batcher(model, settings.max_batch, deliver, settings.prefix_cache_tokens)
     except Exception as e:
