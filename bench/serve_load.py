@@ -3,12 +3,13 @@
 Starts the server on a free 127.0.0.1 port, on --ckpt or on a gpt_small it trains for a few steps in a temporary
 folder. At each concurrency the clients share --requests streamed greedy requests (different prompts and lengths,
 --tokens new tokens each) and the bench reports aggregate tokens/s, p50/p95 time to first token and p50/p95 time
-between two tokens of a request, and how many rows a batched step ran on average (from /health), as a table and
-as JSON in bench/results/. It checks that every answer under concurrency is exactly the one-client answer to the
+between two tokens of a request, how many rows a batched step ran on average and how many prompt tokens came from
+the prefix cache (both from /health), as a table and as JSON in bench/results/. It checks that every answer under concurrency is exactly the one-client answer to the
 same prompt (exit 1 if not) and prints the speedup of 8 clients over one. `--mixed N` instead fires N mixed good
 and bad requests from 8 clients, retrying on 429 (a robustness check: no 500, no unanswered request, the server
 still up).
-Usage: python bench/serve_load.py [--ckpt run_folder_or_file] [--threads 1] [--requests 96] [--tokens 64]
+Usage: python bench/serve_load.py [--ckpt run_folder_or_file] [--threads 1] [--requests 192] [--tokens 64]
+                                  [--set KEY=VALUE ...] (a key of conf/serve.yaml for the server)
 """
 
 from __future__ import annotations
@@ -212,7 +213,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", help="a checkpoint or run folder (default: a gpt_small trained for 60 steps)")
     parser.add_argument("--threads", type=int, default=1, help="the server's threads key")
-    parser.add_argument("--requests", type=int, default=96, help="requests per concurrency level (12 a client at 8)")
+    parser.add_argument("--requests", type=int, default=192, help="requests per concurrency level (24 a client at 8)")
     parser.add_argument("--tokens", type=int, default=64, help="the longest answer; the shortest is half of it")
     parser.add_argument("--mixed", type=int, metavar="N", help="instead: N mixed good and bad requests, 8 clients")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a key of conf/serve.yaml")
