@@ -35,7 +35,7 @@ from gptlab.errors import ConfigError, GptlabError
 from gptlab.model.sampling import SEED_MAX, SEED_MIN, SamplingParams
 from gptlab.model.text_stream import encode_prompt
 from gptlab.serve.batching import Ended
-from gptlab.serve.engine import Engine, EngineError, Request
+from gptlab.serve.engine import Engine, EngineError, EngineSettings, Request
 from gptlab.serve.request_body import RequestBodyGuard
 
 DISCONNECT_POLL_S = 0.25  # how often a request, queued or running, looks whether its client is still there
@@ -131,7 +131,8 @@ def create_app(config: ServeConfig) -> FastAPI:
     # a Hub model by its id, not by the commit its snapshot folder is named for
     model_name = config.model_name or (weights.hub_id.removeprefix("hf:") if weights.hub_id else named)
     slots = Slots(config.max_batch + config.max_queue)
-    engine = Engine(model, tokenizer, config)
+    settings = EngineSettings(config.max_batch, config.prefix_cache_tokens, config.threads, config.device)
+    engine = Engine(model, tokenizer, settings)
     stats = {"requests": 0}
 
     @asynccontextmanager

@@ -21,7 +21,6 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,16 +30,13 @@ from gptlab.model.sampling import SamplingParams
 from gptlab.model.text_stream import Detokenizer
 from gptlab.serve.batching import Batcher, Ended, Generation
 
-if TYPE_CHECKING:  # app.py imports this module
-    from gptlab.serve.app import ServeConfig
-
 START_TIMEOUT_S = 300  # importing torch and loading a large model onto a GPU can take a while
 STATS = ("tokens_generated", "decode_steps", "decoded_tokens", "reused_prompt_tokens")  # the Batcher's, for /health
 
 
 @dataclass
 class EngineSettings:
-    """What the model's process needs of the server's config."""
+    """What the model's process needs of the server's config (ServeConfig, app.py)."""
 
     max_batch: int
     prefix_cache_tokens: int
@@ -81,9 +77,8 @@ class Request:
 class Engine:
     """The server's handle on the model's process: start it, submit requests, read what it makes."""
 
-    def __init__(self, model: GPT, tokenizer, config: ServeConfig):
-        self.model, self.tokenizer = model, tokenizer
-        self.settings = EngineSettings(config.max_batch, config.prefix_cache_tokens, config.threads, config.device)
+    def __init__(self, model: GPT, tokenizer, settings: EngineSettings):
+        self.model, self.tokenizer, self.settings = model, tokenizer, settings
         self.requests: dict[int, Request] = {}
         self.keys = itertools.count()
         self.stats = dict.fromkeys(STATS, 0)
