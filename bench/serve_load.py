@@ -4,10 +4,10 @@ Starts the server on a free 127.0.0.1 port, on --ckpt or on a gpt_small it train
 folder. At each concurrency the clients share --requests streamed greedy requests (different prompts and lengths,
 --tokens new tokens each) and the bench reports aggregate tokens/s, p50/p95 time to first token and p50/p95 time
 between two tokens of a request, how many rows a batched step ran on average and how many prompt tokens came from
-the prefix cache (both from /health), as a table and as JSON in bench/results/. It checks that every answer under concurrency is exactly the one-client answer to the
-same prompt (exit 1 if not) and prints the speedup of 8 clients over one. `--mixed N` instead fires N mixed good
-and bad requests from 8 clients, retrying on 429 (a robustness check: no 500, no unanswered request, the server
-still up).
+the prefix cache (both from /health), as a table and as JSON in bench/results/. It checks that every answer under
+concurrency is exactly the one-client answer to the same prompt (exit 1 if not) and prints the speedup of 8
+clients over one. `--mixed N` instead fires N mixed good and bad requests from 8 clients, retrying on 429 (a
+robustness check: no 500, no unanswered request, the server still up).
 Usage: python bench/serve_load.py [--ckpt run_folder_or_file] [--threads 1] [--requests 192] [--tokens 64]
                                   [--set KEY=VALUE ...] (a key of conf/serve.yaml for the server)
 """
