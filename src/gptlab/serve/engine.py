@@ -172,6 +172,7 @@ class Engine:
         """The child has exited: nothing in flight will be answered."""
         self.alive = False
         self.loop.remove_reader(self.results.fileno())
+        self.process.join(5)  # its pipe closes as it dies: reaped, it has an exit code to report
         error = EngineError(f"the model's process exited (exit code {self.process.exitcode})")
         for request in list(self.requests.values()):
             request.end(error)
