@@ -287,6 +287,16 @@ def test_ctrl_c_stops_the_server_and_its_model_process_without_a_traceback(train
         time.sleep(0.05)
 
 
+def test_a_device_the_model_process_cannot_use_fails_in_one_line_before_the_port_is_taken(trained_run):
+    port = free_port()
+    result = run_cli("serve.py", f"ckpt_path={trained_run}", f"port={port}", "device=mps")  # no MPS on Linux
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: the model's process failed at start: RuntimeError: PyTorch is not linked with support for mps devices"
+    )
+    assert "Traceback" not in result.stderr and "serving" not in result.stdout
+
+
 def test_serve_refuses_bad_config_in_one_line(tmp_path):
     result = run_cli("serve.py", f"ckpt_path={tmp_path / 'none.ckpt'}")
     assert result.returncode == 1

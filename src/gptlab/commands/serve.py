@@ -23,6 +23,7 @@ def main(cfg: DictConfig) -> None:
         config: ServeConfig = typed(cfg, None, ServeConfig)
         torch.set_num_threads(config.threads)  # the process's own choice, not torch's default of every core
         app = create_app(config)  # loads the model: a bad checkpoint fails here, before the port is taken
+        app.state.engine.start()  # the model's own process: a device it cannot use fails here too
     print(f"serving {app.state.model_name} on http://{config.host}:{config.port}  (Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
 

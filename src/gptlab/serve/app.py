@@ -137,7 +137,9 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        engine.start()
+        if not engine.started:
+            engine.start()
+        engine.attach()
         try:
             yield
         finally:

@@ -4,9 +4,9 @@ In one process the event loop (reading requests, writing every token's event) an
 interpreter lock: the loop's work for each token holds up the next forward pass, and eight clients bring eight
 tokens' worth of it to every step. Here the model, its KV cache and the `Batcher` run in a child process (spawned;
 the weights go to it as bytes, not through shared memory, which a container may hold to 64 MiB), and the server's
-process keeps only HTTP: `Engine.submit`
-sends a request's prompt ids and sampling parameters down one pipe, and each decode step's text pieces come back up
-another as one message, read on the event loop (`add_reader`) and handed to each request's queue.
+process keeps only HTTP: `Engine.submit` sends a request's prompt ids and sampling parameters down one pipe, and
+each decode step's text pieces come back up another as one message, read on the event loop (`add_reader`) and
+handed to each request's queue.
 
 If the child dies, every request in flight gets an error and the server answers 503 from then on (`alive`).
 """
@@ -83,6 +83,7 @@ class Engine:
         self.keys = itertools.count()
         self.stats = dict.fromkeys(STATS, 0)
         self.process: multiprocessing.Process | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the one reading the results, once attached
         self.alive = False
 
     @property
@@ -93,8 +94,13 @@ class Engine:
     def queued(self) -> int:
         return len(self.requests) - self.running
 
+    @property
+    def started(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
     def start(self) -> None:
-        """Spawn the model's process and wait until it is ready; then read its messages on the running loop."""
+        """Spawn the model's process and wait until it is ready (the serve command does this before it takes the port,
+        so a device the model cannot use fails in one line; an app's lifespan does it otherwise)."""
         context = multiprocessing.get_context("spawn")  # fork is unsafe with CUDA or torch's thread pools
         commands, self.commands = context.Pipe(duplex=False)
         self.results, results = context.Pipe(duplex=False)
@@ -116,16 +122,20 @@ class Engine:
         if message != "ready":
             raise EngineError(f"the model's process failed at start: {message}")
         self.alive = True
+
+    def attach(self) -> None:
+        """Read the model's process's messages on the running event loop, the one the handlers run on."""
         self.loop = asyncio.get_running_loop()
         self.loop.add_reader(self.results.fileno(), self.receive)
 
     def stop(self) -> None:
         if self.process is None:
             return
-        if self.alive:
+        if self.loop is not None and self.alive:
             self.loop.remove_reader(self.results.fileno())
+        if self.alive:
             self.send(("stop",))
-        self.alive = False
+        self.alive, self.loop = False, None
         self.process.join(10)
         if self.process.is_alive():
             self.process.kill()
