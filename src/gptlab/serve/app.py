@@ -4,9 +4,8 @@ Generation runs in a process of its own that owns the model (engine.py, batching
 requests together, one forward pass per token, and up to `max_queue` more wait for a row. The handlers only submit
 a request and read its text as the model makes it, so the event loop stays free to answer health checks, refuse a
 request when the queue is full (429), and notice a client that has gone: its generation leaves the batch before
-the next token. A
-request is refused as cheaply as possible: an oversized body before it is read (413, request_body.py), a full
-queue before its prompt is tokenized (429).
+the next token. A request is refused as cheaply as possible: an oversized body before it is read (413,
+request_body.py), a full queue before its prompt is tokenized (429).
 """
 
 from __future__ import annotations

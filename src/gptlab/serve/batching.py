@@ -151,7 +151,7 @@ class Batcher:
         if g.params.max_new_tokens == 0:
             self.finish(g, g.text.end())
             return
-        r, ids = len(self.rows), g.tokens[-self.model.config.block_size :]
+        r, ids = len(self.rows), self.window(g)
         row = self.cache.row(r)
         reused = self.prefixes.reuse(ids, row) if self.prefixes else 0
         self.reused_prompt_tokens += reused
@@ -245,9 +245,13 @@ class Batcher:
             if self.cache.lengths[r] == self.cache.block_size:
                 self.sliding.append(self.remove_row(r))
 
+    def window(self, g: Generation) -> list[int]:
+        """g's last block_size tokens, the window `generate` crops to."""
+        return g.tokens[-self.model.config.block_size :]
+
     def context(self, g: Generation) -> torch.Tensor:
-        """(1, T): g's last block_size tokens, the window `generate` crops to."""
-        return torch.tensor([g.tokens[-self.model.config.block_size :]], device=self.device)
+        """(1, T): g's window as the model's input."""
+        return torch.tensor([self.window(g)], device=self.device)
 
     def fresh_scratch(self):
         self.scratch.pos = 0
